@@ -12,6 +12,8 @@ Everything here is non-differentiable bookkeeping: the returned tensors never re
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -23,105 +25,180 @@ __all__ = [
     "random_mask_like",
 ]
 
-# dtypes whose every value is exactly representable in float32: a 32-bit order key suffices.
-_EXACT_IN_F32 = {
-    torch.float32,
-    torch.float16,
-    torch.bfloat16,
-    torch.uint8,
-    torch.int8,
-    torch.int16,
-    torch.bool,
-}
 _NUMPY_SORT_ON_CPU = True  # tests switch it off to exercise the torch.sort path
-_CHUNK_ELEMENTS = 1 << 24  # cap on the pairwise tensor of _discordant_pairs (x 4 bytes)
-_CONSTANTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_CHUNK_ELEMENTS = 1 << 22  # cap on the pair tensor of _discordant_pairs, in elements
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
 
 
-def _key32(x: torch.Tensor) -> torch.Tensor:
-    """Signed 32-bit order key (held in int64) of a ``[2, B, C]`` stack: sorts and compares like
-    the values, with ``-0.0 == 0.0``. Values not exactly representable in float32 are replaced
-    by their dense rank along the last dim (one extra sort)."""
-    if x.dtype in _EXACT_IN_F32:
-        i = (x.to(torch.float32) + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0
-        return (i ^ ((i >> 31) & 0x7FFFFFFF)).to(torch.int64)  # flip negatives' magnitude bits
-    if x.is_floating_point():
-        i = (x.to(torch.float64) + 0.0).view(torch.int64)
-        k = i ^ ((i >> 63) & 0x7FFFFFFFFFFFFFFF)
-    else:
-        k = x.to(torch.int64)
-    sk, idx = torch.sort(k, dim=-1)
-    start = torch.ones_like(sk, dtype=torch.bool)
-    start[..., 1:] = sk[..., 1:] != sk[..., :-1]
-    return torch.empty_like(sk).scatter_(-1, idx, start.cumsum(dim=-1) - 1)
-
-
-def _tile_constants(
-    k: int, nb: int, device: torch.device, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(``[1, k*k]`` mask of the pairs u < v in a block, ``nb * tile`` of each padded position)"""
-    key = (k, nb, str(device), dtype)
+def _arange(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``arange(n)`` in ``dtype`` on ``device``, made once (no host-to-device copy per call)."""
+    key = ("arange", n, dtype, str(device))
     if key not in _CONSTANTS:
-        upper = torch.ones(k, k, dtype=dtype, device=device).triu_(1).view(1, k * k)
-        pos = torch.arange(nb * k, device=device)
-        _CONSTANTS[key] = (upper, torch.div(pos, k, rounding_mode="floor") * nb)
+        _CONSTANTS[key] = torch.arange(n, dtype=dtype, device=device)
     return _CONSTANTS[key]
 
 
-def _discordant_pairs(q: torch.Tensor, p: torch.Tensor, k: int) -> torch.Tensor:
-    """Inversions of each row of ``q`` (a permutation of ``0..n-1``; ``p`` is its inverse):
-    the number of ``i < j`` with ``q[i] > q[j]``.
+def _pairs_in_block(k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The index pairs ``(u, v)``, ``u < v``, of a block of ``k`` positions."""
+    key = ("pairs", k, str(device))
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = torch.triu_indices(k, k, 1, device=device)
+    upper = _CONSTANTS[key]
+    return upper[0], upper[1]
 
-    The ``n x n`` plane of points ``(i, q[i])`` is cut into ``k x k`` tiles. A pair in
-    different tile rows *and* different tile columns is counted from the ``nb x nb`` grid of
-    tile counts: ``sum(excl_cumsum_rows(G) * excl_cumsum_cols(G))`` (a 2-D dominance sum). A pair
-    in the same tile row is compared directly, in blocks of ``k`` consecutive positions; a pair
-    in the same tile column but different tile rows likewise, along ``p``. With ``k ~ sqrt(n)``
-    that is O(n^1.5) elementwise work per row -- a few hundred thousand operations for a
-    64 x 309 batch -- in about fifteen tensor operations; the pairwise tensor keeps the batch
-    innermost so that every one is vectorised. No loop over rows or positions. Counts are exact:
-    accumulated in float32 while below 2**24, in float64 beyond.
+
+def _tile_offsets(n: int, lk: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``(i >> lk) * nb`` for each position ``i``: the first grid cell of its tile row."""
+    key = ("tiles", n, lk, dtype, str(device))
+    if key not in _CONSTANTS:
+        nb = -(-n // (1 << lk))
+        _CONSTANTS[key] = ((torch.arange(n, device=device) >> lk) * nb).to(dtype)
+    return _CONSTANTS[key]
+
+
+def _order_key(x: torch.Tensor) -> torch.Tensor:
+    """Integer keys that sort and compare like ``x`` row-wise, ``-0.0 == 0.0``: int32 for
+    dtypes that float32 holds exactly (and small integers), int64 otherwise.
+
+    A float's bits, with the magnitude bits of negatives flipped, order like the float; NaN
+    gets some key (the caller masks NaN rows)."""
+    if x.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        i = (x.to(torch.float32) + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0
+        return i ^ ((i >> 31) & 0x7FFFFFFF)
+    if x.dtype == torch.float64:
+        i = (x + 0.0).view(torch.int64)
+        return i ^ ((i >> 63) & 0x7FFFFFFFFFFFFFFF)
+    if x.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32):
+        return x.to(torch.int32)
+    return x.to(torch.int64)
+
+
+def _sort_rows(x: torch.Tensor) -> torch.Tensor:
+    """Each row of an integer matrix sorted ascending (values only). On CPU numpy's sort (the
+    vectorised x86-simd-sort kernels: about 15x ``torch.sort`` on int32 rows here); the
+    memory is shared, nothing is copied to or from another device. Elsewhere ``torch.sort``."""
+    if x.device.type == "cpu" and _NUMPY_SORT_ON_CPU:
+        return torch.from_numpy(np.sort(x.contiguous().numpy(), axis=1))
+    return torch.sort(x, dim=1).values
+
+
+def _run_starts(s: torch.Tensor) -> torch.Tensor:
+    """For rows sorted ascending: 1 where an element differs from the one before it, else 0
+    (0 at column 0). A clamped difference: cheaper here than a boolean comparison."""
+    out = torch.empty_like(s)
+    out[:, 0] = 0
+    torch.sub(s[:, 1:], s[:, :-1], out=out[:, 1:])
+    return out.clamp_(max=1)
+
+
+def _min_ranks(key: torch.Tensor, w: int, packed: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min rank of every element in its row (the number of strictly smaller elements), and
+    the per-row sum of min ranks, which is ``n0 - n_tied`` (``n0 = C (C - 1) / 2``: every
+    sorted position ``j`` exceeds its min rank by the number of equal elements before it).
+
+    Two sorts of keys that fit in ``packed`` (32 bits when ``3 w <= 31``) instead of one
+    64-bit sort of (key, index): numpy sorts int32 rows about 4x faster than int64 rows.
+    Sort 1 orders by the key with its low ``w`` bits replaced by the element's index; the
+    dense rank ``c`` of that coarse key (``w`` bits) then orders sort 2's
+    ``(c, low w bits of the key, index)`` exactly like the key.
+    """
+    mask = (1 << w) - 1
+    rows, n = key.shape
+    pos = _arange(n, key.dtype, key.device)
+    s = _sort_rows((key & ~mask) | pos)
+    coarse = _run_starts(s >> w).cumsum(dim=1, dtype=packed)
+    coarse = torch.empty_like(coarse).scatter_(1, (s & mask).long(), coarse)
+    pos = _arange(n, packed, key.device)
+    s = _sort_rows((coarse << (2 * w)) | ((key & mask).to(packed) << w) | pos)
+    first = (_run_starts(s >> w) * pos).cummax(dim=1).values
+    ranks = torch.empty_like(first).scatter_(1, (s & mask).long(), first)
+    return ranks, first.sum(dim=1, dtype=torch.int64)
+
+
+def _lex_orders(ranks: torch.Tensor, rows: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ranks = [r_a; r_b]`` (``[2B, C]`` min ranks) -> the elements of each row ordered by
+    ``(a, b, index)`` (rows ``:B``) and by ``(b, a, index)`` (rows ``B:``), ``[2B, C]``
+    int64, and per row the sum of min ranks of the pairs ``(a, b)``: ``n0 - n_tied_both``.
+    One sort of ``2B`` rows of ``(r_1, r_2, index)`` packed in ``3 w`` bits."""
+    pos = _arange(ranks.shape[1], ranks.dtype, ranks.device)
+    high = ranks << w
+    s = _sort_rows((high << w).bitwise_or_(high.roll(rows, 0)).bitwise_or_(pos))
+    joint = _run_starts(s[:rows] >> w) * pos
+    joint_sums = joint.cummax(dim=1).values.sum(dim=1, dtype=torch.int64)
+    return (s & ((1 << w) - 1)).long(), joint_sums
+
+
+def _paired_positions(order: torch.Tensor, rows: int, dtype: torch.dtype) -> torch.Tensor:
+    """``order = [P; Q]`` (two orders of each row's elements) -> ``[q; p]``: ``q[i]`` the
+    Q-position of the element at P-position ``i``, ``p`` its inverse."""
+    pos = _arange(order.shape[1], dtype, order.device).expand(order.shape)
+    where = torch.empty(order.shape, dtype=dtype, device=order.device).scatter_(1, order, pos)
+    return where.roll(rows, 0).gather(1, order)
+
+
+def _discordant_pairs(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Inversions of each row of ``q`` (a permutation of ``0..n-1``; ``p`` is its inverse):
+    the number of ``i < j`` with ``q[i] > q[j]``, int64 ``[rows]``.
+
+    The ``n x n`` plane of points ``(i, q[i])`` is cut into ``k x k`` tiles (``k`` a power
+    of two near ``sqrt(n)``). A pair in different tile rows *and* different tile columns is
+    counted from the ``nb x nb`` grid of tile counts: ``sum(excl_cumsum_rows(G) *
+    excl_cumsum_cols(G))`` (a 2-D dominance sum). A pair in the same tile row is compared
+    directly, in blocks of ``k`` consecutive positions; a pair in the same tile column but
+    different tile rows likewise, along ``p`` (comparing tile rows). O(n^1.5) elementwise
+    work per row, in a fixed handful of batched operations, no loop over rows or positions;
+    rows are processed in chunks that keep the pair tensor under ``_CHUNK_ELEMENTS``.
+    Exact integer counts (int16 / int32 values, int32 / int64 sums).
     """
     rows, n = q.shape
+    lk = max(1, min(6, round(math.log2(n) / 2)))
+    k = 1 << lk
     nb = -(-n // k)
-    npad = nb * k
-    dev = q.device
-    ftype = torch.float32 if n <= 4096 else torch.float64
-    upper, row_offset = _tile_constants(k, nb, dev, ftype)
-    if npad > n:  # pad both orders with the same trailing points: no inversion with them
-        pad = torch.arange(n, npad, device=dev).expand(rows, npad - n)
-        q, p = torch.cat([q, pad], dim=1), torch.cat([p, pad], dim=1)
-    q_tile = torch.div(q, k, rounding_mode="floor")
-    # same tile row: q[i] > q[j] for i < j in one block of k positions; same tile column and
-    # different tile rows: tile(p[u]) > tile(p[v]) for u < v in one block of k q-values.
-    z = torch.stack([q, torch.div(p, k, rounding_mode="floor")]).to(ftype)
-    z = z.transpose(1, 2).contiguous()  # [2, npad, rows]: batch innermost
-    diff = (z.view(2 * nb, k, 1, rows) - z.view(2 * nb, 1, k, rows)).clamp_(0, 1)
-    near = torch.matmul(upper, diff.view(2 * nb, k * k, rows)).sum(dim=(0, 1))
-    # different tile row and column: 2-D dominance sum over the grid of tile counts
-    grid = torch.zeros(rows, nb * nb, dtype=ftype, device=dev)
-    grid.scatter_add_(1, row_offset + q_tile, torch.ones((), dtype=ftype, device=dev).expand_as(q))
-    grid = grid.view(rows, nb, nb)
-    far = ((grid.cumsum(dim=1) - grid) * (grid.cumsum(dim=2) - grid)).sum(dim=(1, 2))
-    return (near + far).round().to(torch.int64)
+    per_row = nb * k * (k - 1) // 2
+    chunk = max(1, _CHUNK_ELEMENTS // per_row)
+    return torch.cat(
+        [
+            _near_pairs(q[i : i + chunk], p[i : i + chunk], lk) + _far_pairs(q[i : i + chunk], lk)
+            for i in range(0, rows, chunk)
+        ]
+    )
 
 
-def _argsort_rows(x: torch.Tensor) -> torch.Tensor:
-    """Row-wise argsort of an int64 matrix (ties in any order). On CPU numpy's sort (the
-    vectorised x86-simd-sort kernels) runs about twice as fast as ``torch.sort``; the memory is
-    shared, nothing is copied to or from another device. Elsewhere ``torch.sort``."""
-    if x.device.type == "cpu" and _NUMPY_SORT_ON_CPU:
-        return torch.from_numpy(np.argsort(x.contiguous().numpy(), axis=1))
-    return torch.sort(x, dim=1).indices
+def _near_pairs(q: torch.Tensor, p: torch.Tensor, lk: int) -> torch.Tensor:
+    """Inversions among pairs in the same block of ``2**lk`` positions of ``q``, plus those
+    among pairs in the same block of ``2**lk`` values in different blocks of positions (read
+    along ``p``). Both sequences are padded to whole blocks with values above every real
+    one, increasing: the padding adds no inversion."""
+    rows, n = q.shape
+    k = 1 << lk
+    nb = -(-n // k)
+    z = q.new_empty(2, rows, nb * k)
+    z[0, :, :n] = q
+    z[1, :, :n] = p >> lk
+    z[:, :, n:] = _arange(nb * k, q.dtype, q.device)[n:]
+    # [2, k, rows * nb]: the pairs of a block are rows of the matrix, whole rows are copied
+    z = z.view(2, rows * nb, k).transpose(1, 2).contiguous()
+    u, v = _pairs_in_block(k, q.device)
+    count = torch.zeros(rows, dtype=torch.int64, device=q.device)
+    for half in z:  # one half at a time: smaller temporaries
+        inv = half.index_select(0, u).sub_(half.index_select(0, v)).clamp_(0, 1)
+        count += inv.sum(dim=0, dtype=q.dtype).view(rows, nb).sum(dim=1)
+    return count
 
 
-def _first_of_runs(sorted_rows: torch.Tensor) -> torch.Tensor:
-    """For rows sorted ascending: the index of the first element of each element's run."""
-    rows, n = sorted_rows.shape
-    start = torch.ones_like(sorted_rows, dtype=torch.bool)
-    start[:, 1:] = sorted_rows[:, 1:] != sorted_rows[:, :-1]
-    pos = torch.arange(n, device=sorted_rows.device)
-    return torch.where(start, pos, 0).cummax(dim=1).values
+def _far_pairs(q: torch.Tensor, lk: int) -> torch.Tensor:
+    """Inversions among pairs in different blocks of ``2**lk`` positions *and* different
+    blocks of ``2**lk`` values, from the grid of tile counts."""
+    rows, n = q.shape
+    nb = -(-n // (1 << lk))
+    gtype = torch.int32 if n < 46341 else torch.int64  # products of counts stay exact
+    cell = (_tile_offsets(n, lk, q.dtype, q.device) + (q >> lk)).long()
+    grid = torch.zeros(rows, nb * nb, dtype=gtype, device=q.device)
+    one = torch.ones((), dtype=gtype, device=q.device).expand(rows, n)
+    grid = grid.scatter_add_(1, cell, one).view(rows, nb, nb)
+    before = grid.cumsum(dim=1, dtype=gtype) - grid  # same value tile, earlier position tiles
+    below = grid.cumsum(dim=2, dtype=gtype) - grid  # same position tile, lower value tiles
+    return (before * below).sum(dim=(1, 2), dtype=torch.int64)
 
 
 def kendall_tau_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -138,20 +215,17 @@ def kendall_tau_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     the released code. NaN where a row of ``a`` or ``b`` is constant (or ``C < 2``) or holds a
     NaN, as scipy.
 
-    Knight's algorithm, batched over rows: order each row by ``(a, b)`` and count ties as runs
-    of equal keys and discordant pairs as inversions. One sort of ``2B`` rows orders every row
-    both by ``(a, b)`` and by ``(b, a)`` (each value's 32-bit order key packed above the other's
-    in one int64). With ``P`` and ``Q`` an element's positions in the two orders, a pair is
-    discordant exactly when ``P`` and ``Q`` disagree: pairs tied in ``a`` or in ``b`` are
-    ordered alike by both, and a group of joint ties (equal ``(a, b)``, contiguous in both
-    orders) is given the same internal order in both. So ``n_d`` is the inversion count of
-    the permutation ``P -> Q``. Knight counts it by merge sort, O(C log C) but log C dependent
-    passes; :func:`_discordant_pairs` uses a tiled count instead, O(C^1.5) elementwise work in a
-    fixed handful of batched operations, which is faster at logit sizes. Everything runs on
-    the input's device with tensor operations: no loop over samples, no ``.item()``, no
-    data-dependent shape, so nothing waits for the host (on CPU the sort is numpy's, see
-    :func:`_argsort_rows`). Exact integer counting; the ratio is taken in float64 and returned
-    as float64 for float64 input, float32 otherwise. KRC is piecewise constant: the result
+    Knight's algorithm, batched over rows: with ``n_3`` the pairs tied in both,
+    ``n_c - n_d = n0 - n_1 - n_2 + n_3 - 2 n_d``. Ties come from sums of min ranks
+    (:func:`_min_ranks`, :func:`_lex_orders`). Order each row by ``(a, b)`` (``P``) and by
+    ``(b, a)`` (``Q``), joint ties by index in both: a pair is discordant exactly when ``P``
+    and ``Q`` disagree (pairs tied in ``a`` or ``b`` are ordered alike by both), so ``n_d``
+    is the inversion count of the permutation ``P -> Q`` (:func:`_discordant_pairs`). Three
+    row sorts of packed integer keys, no loop over samples, no ``.item()``, no
+    data-dependent shape: nothing waits for the host (on CPU the sort is numpy's, see
+    :func:`_sort_rows`). Helpers keep their temporaries local so that they are freed as soon
+    as a stage ends. Exact integer counting; the ratio is taken in float64 and returned as
+    float64 for float64 input, float32 otherwise. KRC is piecewise constant: the result
     never requires grad.
     """
     if a.shape != b.shape or a.dim() != 2:
@@ -162,33 +236,21 @@ def kendall_tau_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     out_dtype = torch.promote_types(common, torch.float32) if is_float else torch.float32
     if rows == 0 or n < 2:
         return torch.full((rows,), float("nan"), dtype=out_dtype, device=a.device)
-    ab = torch.stack([a.detach().to(common), b.detach().to(common)])
-    key = _key32(ab)  # [2, B, C], signed 32-bit order keys
-    # rows (a, b) then (b, a): one key above the other, the low one made unsigned
-    packed = ((key << 32) | (key.flip(0) + 2**31)).view(2 * rows, n)
-    order = _argsort_rows(packed)
-    skey = packed.gather(1, order)
-    # runs of equal a in (a, b)-order, of equal b in (b, a)-order, of equal (a, b) in both
-    first = _first_of_runs(torch.cat([skey >> 32, skey]))  # [4B, C]
-    pos = torch.arange(n, device=a.device)
-    ties = (pos - first[: 3 * rows]).sum(dim=1)  # sum over runs of t (t - 1) / 2
-    xtie, ytie, ntie = ties[:rows], ties[rows : 2 * rows], ties[2 * rows :]
-    # Q position of the element at each P position, joint-tie groups aligned in both orders
-    rank = torch.empty_like(order).scatter_(1, order, pos.expand(2 * rows, n))
-    group_p, group_q = first[2 * rows : 3 * rows], first[3 * rows :]
-    q = group_q.gather(1, rank[rows:].gather(1, order[:rows])) + (pos - group_p)
-    p = torch.empty_like(q).scatter_(1, q, pos.expand(rows, n))
-    k = max(2, min(32, round(n**0.5 / 1.75)))
-    chunk = max(1, _CHUNK_ELEMENTS // (2 * k * k * (-(-n // k))))
-    dis = torch.cat(
-        [_discordant_pairs(q[i : i + chunk], p[i : i + chunk], k) for i in range(0, rows, chunk)]
-    )
-    tot = n * (n - 1) // 2
+    x = torch.cat([a.detach().to(common), b.detach().to(common)])  # [2B, C]
+    w = (n - 1).bit_length()  # bits of an index or a rank
+    packed = torch.int32 if 3 * w <= 31 else torch.int64
+    small = torch.int16 if n + (1 << 6) <= 32767 else torch.int32
+    ranks, rank_sums = _min_ranks(_order_key(x), w, packed)
+    order, joint_sums = _lex_orders(ranks, rows, w)
+    qp = _paired_positions(order, rows, small)
+    discordant = _discordant_pairs(qp[:rows], qp[rows:])
+    not_tied_a, not_tied_b = rank_sums[:rows], rank_sums[rows:]  # n0 - n_1, n0 - n_2
     # a constant row makes the numerator 0 too: 0 / 0 = NaN, as scipy
-    num = (tot - xtie - ytie + ntie - 2 * dis).to(torch.float64)
-    tau = (num / ((tot - xtie) * (tot - ytie)).to(torch.float64).sqrt()).clamp(-1.0, 1.0)
+    num = (not_tied_a + not_tied_b - joint_sums - 2 * discordant).to(torch.float64)
+    tau = (num / (not_tied_a * not_tied_b).to(torch.float64).sqrt()).clamp(-1.0, 1.0)
     if is_float:
-        tau = torch.where(ab.isnan().any(dim=2).any(dim=0), float("nan"), tau)
+        has_nan = x.amax(dim=1).isnan()  # amax propagates NaN; +inf and -inf give no NaN
+        tau = tau.masked_fill(has_nan[:rows] | has_nan[rows:], float("nan"))
     return tau.to(out_dtype)
 
 

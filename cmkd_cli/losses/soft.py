@@ -150,7 +150,18 @@ def soft_feature_loss(
     the samples inside the margin. Gradients flow into both features; detach ``f_t`` for a
     fixed teacher (paper A trains the teacher's projection head through this loss).
     """
-    per_sample = (feature_distance(f_s, f_t, metric, normalize) - margin).clamp_min(0.0)
+    return margin_hinge(feature_distance(f_s, f_t, metric, normalize), margin, weights, reduction)
+
+
+def margin_hinge(
+    distance: torch.Tensor,
+    margin: float = 0.0,
+    weights: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """The hinge of paper A Eq. 6 on per-sample distances ``[B]``: ``w_i * max(d_i - m, 0)``,
+    reduced as :func:`soft_feature_loss` (which is this on :func:`feature_distance`)."""
+    per_sample = (distance - margin).clamp_min(0.0)
     if weights is not None:
         per_sample = per_sample * weights
     return _reduce(per_sample, reduction)

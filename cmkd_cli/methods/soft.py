@@ -29,9 +29,9 @@ from cmkd_cli.losses.soft import (
     feature_distance,
     logit_distance,
     margin_from_spec,
+    margin_hinge,
     quality_weights,
     soft_classifier_loss,
-    soft_feature_loss,
     update_moving_stats,
 )
 from cmkd_cli.methods._feature_common import embed_dims
@@ -188,9 +188,9 @@ class SoftFeature(SoftMethod):
         e_t = self.run_teacher(batch).embedding.detach()
         f_s, f_t = out.embedding, self.teacher_feature(e_t)
         weights = self.sample_weights(f_s, e_t) if self.sources else None
-        loss = soft_feature_loss(f_s, f_t, cfg.metric, self.margin, weights, "mean", cfg.normalize)
-        with torch.no_grad():
-            dist = feature_distance(f_s, f_t, cfg.metric, cfg.normalize)
+        dist = feature_distance(f_s, f_t, cfg.metric, cfg.normalize)
+        loss = margin_hinge(dist, self.margin, weights)  # = soft_feature_loss, one distance
+        dist = dist.detach()
         stats = {"inside_margin": (dist <= self.margin).float().mean(), "distance": dist.mean()}
         if weights is not None:
             stats["weight"] = weights.mean()

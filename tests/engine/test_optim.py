@@ -47,3 +47,25 @@ def test_per_group_learning_rates_and_unknown_group() -> None:
     assert opt.defaults["momentum"] == 0.9
     with pytest.raises(UsageError, match="no parameter group 'proxy'"):
         build_optimizer(groups, OptimConfig(group_lr_scale={"proxy": 2.0}))
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_fused_kernels_on_cpu_take_the_same_step(name: str) -> None:
+    torch.manual_seed(0)
+    w0, g = torch.randn(5, 3), torch.randn(5, 3)
+    cfg = OptimConfig(name=name, lr=0.1, weight_decay=0.01)
+    steps = {}
+    for fused in (True, False):
+        w = torch.nn.Parameter(w0.clone())
+        opt = build_optimizer([ParamGroup("student", [w])], cfg)
+        if not fused:  # the reference: torch's per-tensor loop, same hyper-parameters
+            keep = ("lr", "betas", "momentum", "nesterov", "weight_decay")
+            kwargs = {k: v for k, v in opt.defaults.items() if k in keep}
+            opt = type(opt)(opt.param_groups, **kwargs, foreach=False)
+        assert bool(opt.defaults["fused"]) is fused
+        for _ in range(3):
+            w.grad = g.clone()
+            opt.step()
+        steps[fused] = w.detach()
+    torch.testing.assert_close(steps[True], steps[False])
+    assert not torch.equal(steps[True], w0)

@@ -102,6 +102,23 @@ def test_fewer_than_two_classes_is_nan():
     assert kendall_tau_b(torch.ones(0, 5), torch.ones(0, 5)).shape == (0,)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_values_equal_but_for_the_lowest_bits(dtype):
+    # consecutive floats share every bit but the last few: the coarse first sort of
+    # _min_ranks sees them as equal, the second sort must order them exactly
+    rng = np.random.default_rng(9)
+    base = np.array(1.5, dtype=dtype)
+    steps = np.arange(300, dtype=dtype)
+    ladder = base + steps * np.spacing(base)  # 300 consecutive representable values
+    assert len(np.unique(ladder)) == 300
+    a = np.stack([rng.permutation(ladder) for _ in range(6)])
+    b = np.stack([rng.permutation(ladder) for _ in range(6)])
+    b[0], b[1] = a[0], -a[1]
+    b[2, :150] = b[2, 150:]  # ties on top of near-equal values
+    assert_matches_scipy(a, b)
+    np.testing.assert_allclose(kendall_tau_b(torch.from_numpy(a), torch.from_numpy(b))[:2], [1, -1])
+
+
 def test_signed_zeros_are_ties():
     a = np.array([[-0.0, 0.0, 1.0, -1.0, 0.0, 2.0]], dtype=np.float32)
     b = np.array([[1.0, 2.0, 3.0, 0.5, -0.0, 0.0]], dtype=np.float32)
@@ -131,7 +148,7 @@ def test_chunked_rows_and_large_class_count(monkeypatch):
     b = rng.integers(0, 6, (7, 123)).astype(np.float32)
     assert_matches_scipy(a, b)
     monkeypatch.undo()
-    a = rng.integers(0, 50, (2, 5000)).astype(np.float32)  # float64 count path (n > 4096)
+    a = rng.integers(0, 50, (2, 5000)).astype(np.float32)  # int64 packed keys (3 w > 31)
     b = rng.integers(0, 50, (2, 5000)).astype(np.float32)
     assert_matches_scipy(a, b)
 
