@@ -34,8 +34,8 @@ from cmkd_cli.models.base import ModelOutput
 from cmkd_cli.models.deeplab import upsample
 from cmkd_cli.schema import MethodConfig
 
-#: rows per call of `kendall_tau_b` (its sort holds a few int64 copies of the rows): bounds
-#: the memory of per-pixel KRC over a batch of full-resolution label maps
+#: rows per call of `kendall_tau_b` (its sorts hold a few 32/64-bit copies of the rows):
+#: bounds the memory of per-pixel KRC over a batch of full-resolution label maps
 KRC_CHUNK_ROWS = 1 << 18
 
 Selector = Literal["krc", "cosine", "pearson", "gradcos", "random", "none"]
