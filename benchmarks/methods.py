@@ -135,6 +135,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = [n for n in METHODS.names() if not args.only or n in args.only.split(",")]
+    zoo = Path(__file__).resolve().parent.parent / "recipes" / "zoo"
+    dense_only = [n for n in names if n != "baseline" and not (zoo / f"{n}.yaml").exists()]
+    if dense_only:  # e.g. cirkd: per-pixel only, trained by tests/methods/test_dense_methods.py
+        print(f"not timed here (no digits recipe, dense prediction only): {', '.join(dense_only)}")
+    names = [n for n in names if n not in dense_only]
     # (label, method, --set overrides, teacher cache, the row it is compared with)
     rows = [("baseline", "baseline", [], False, "baseline")]
     rows += [(n, n, [], False, "baseline") for n in names if n != "baseline"]
