@@ -10,6 +10,7 @@ from scipy.stats import kendalltau
 from cmkd_cli.losses.c2kd import bidirectional_kl, ofsd_loss, selection_score
 from cmkd_cli.losses.kd import kd_loss
 from cmkd_cli.losses.logit import nontarget_kl
+from tests.numpy_ref import kl, softmax, t
 
 RNG = np.random.default_rng(7)
 PS = RNG.standard_normal((6, 5)) * 2  # student proxy logits
@@ -17,19 +18,6 @@ PT = RNG.standard_normal((6, 5)) * 2  # teacher proxy logits
 Y = np.array([0, 1, 4, 2, 3, 0])
 PT[1] = PS[1] * 2 + 0.5  # perfectly rank-aligned sample: KRC = 1
 PT[2] = -PS[2]  # reversed: KRC = -1
-
-
-def softmax(z):
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def kl(p, q):
-    return (p * (np.log(p) - np.log(q))).sum(axis=1)
-
-
-def t(x):
-    return torch.from_numpy(np.asarray(x))
 
 
 def released_ofsd(ps, pt, y, omega, temp=1.0):

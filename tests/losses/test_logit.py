@@ -15,24 +15,12 @@ from cmkd_cli.losses.logit import (
     nontarget_logits,
     tckd_loss,
 )
+from tests.numpy_ref import kl, softmax, t
 
 RNG = np.random.default_rng(42)
 ZS = RNG.standard_normal((4, 6)) * 2
 ZT = RNG.standard_normal((4, 6)) * 2
 Y = np.array([0, 3, 5, 2])
-
-
-def softmax(z):
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def kl(p, q):
-    return (p * (np.log(p) - np.log(q))).sum(axis=1)
-
-
-def t(x):
-    return torch.from_numpy(np.asarray(x))
 
 
 def mdistiller_dkd(zs, zt, y, alpha, beta, temp):

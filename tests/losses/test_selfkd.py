@@ -12,6 +12,7 @@ from cmkd_cli.losses.selfkd import (
     zipf_label_smoothing_loss,
     zipf_rank,
 )
+from tests.numpy_ref import log_softmax, softmax, t
 
 RNG = np.random.default_rng(11)
 Z = RNG.standard_normal((5, 7)) * 2
@@ -19,23 +20,10 @@ W = RNG.standard_normal((5, 7))
 Y = np.array([0, 3, 6, 2, 2])
 
 
-def softmax(z):
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def log_softmax(z):
-    return np.log(softmax(z))
-
-
 def nontarget(x, y):
     keep = np.ones_like(x, dtype=bool)
     keep[np.arange(len(y)), y] = False
     return x[keep].reshape(len(y), -1)
-
-
-def t(x):
-    return torch.from_numpy(np.asarray(x))
 
 
 def official_zipf(logits, y, scores, power=1.0, mask=False):
