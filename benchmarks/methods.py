@@ -11,6 +11,9 @@ On the tiny digits CNN (4 ms/step) the projection head of paper A alone costs mo
 that; `--resnet` adds the same pair on a ResNet-18 student (8x8 digits, 3x3 stem), each
 against a ResNet-18 baseline, where the teacher's cost is what the cache removes.
 
+The last line times the batched Kendall tau-b of C2KD's sample filter against the
+released code's per-sample scipy loop at B=64, C=309 (`benchmarks/krc.py`).
+
 Run: `python benchmarks/methods.py [--device cuda] [--steps 20] [--only kd,c2kd] [--resnet]`.
 """
 
@@ -21,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import krc  # benchmarks/krc.py, beside this script
 import torch
 
 from cmkd_cli.config import load_recipe
@@ -185,6 +189,13 @@ def main() -> None:
         f"(device {args.device}, batch 64, best of {args.repeats} x {args.steps} steps; "
         f"baseline peak growth {base_m / 2**20:.1f} MiB; ResNet-18 rows against the "
         "ResNet-18 baseline)"
+    )
+    t_scipy, ours, _ = krc.compare(*krc.logits(64, 309, False), args.device, 7, [args.threads])
+    t_ours = ours[args.threads]
+    print(
+        f"KRC (Kendall tau-b, B=64, C=309, {args.threads} thread(s)): {1000 * t_ours:.2f} ms "
+        f"per call vs {1000 * t_scipy:.2f} ms for the per-sample scipy loop: "
+        f"{t_scipy / t_ours:.1f}x (`benchmarks/krc.py` for more)"
     )
 
 

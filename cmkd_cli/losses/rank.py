@@ -83,12 +83,10 @@ def _sort_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def _run_starts(s: torch.Tensor) -> torch.Tensor:
-    """For rows sorted ascending: 1 where an element differs from the one before it, else 0
-    (0 at column 0). A clamped difference: cheaper here than a boolean comparison."""
-    out = torch.empty_like(s)
-    out[:, 0] = 0
-    torch.sub(s[:, 1:], s[:, :-1], out=out[:, 1:])
-    return out.clamp_(max=1)
+    """For rows sorted ascending, columns ``1..n-1``: 1 where an element differs from the one
+    before it, else 0 (``[R, n - 1]``; column 0 always starts a run, its rank is 0). A
+    clamped difference: cheaper here than a boolean comparison."""
+    return (s[:, 1:] - s[:, :-1]).clamp_(max=1)
 
 
 def _min_ranks(key: torch.Tensor, w: int, packed: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,12 +104,13 @@ def _min_ranks(key: torch.Tensor, w: int, packed: torch.dtype) -> tuple[torch.Te
     rows, n = key.shape
     pos = _arange(n, key.dtype, key.device)
     s = _sort_rows((key & ~mask) | pos)
-    coarse = _run_starts(s >> w).cumsum(dim=1, dtype=packed)
-    coarse = torch.empty_like(coarse).scatter_(1, (s & mask).long(), coarse)
+    coarse = _run_starts(s >> w).cumsum(dim=1, dtype=packed)  # sorted positions 1..n-1
+    zeros = torch.zeros(rows, n, dtype=packed, device=key.device)
+    coarse = zeros.scatter_(1, (s[:, 1:] & mask).long(), coarse)
     pos = _arange(n, packed, key.device)
     s = _sort_rows((coarse << (2 * w)) | ((key & mask).to(packed) << w) | pos)
-    first = (_run_starts(s >> w) * pos).cummax(dim=1).values
-    ranks = torch.empty_like(first).scatter_(1, (s & mask).long(), first)
+    first = (_run_starts(s >> w) * pos[1:]).cummax(dim=1).values
+    ranks = torch.zeros_like(coarse).scatter_(1, (s[:, 1:] & mask).long(), first)
     return ranks, first.sum(dim=1, dtype=torch.int64)
 
 
@@ -123,7 +122,7 @@ def _lex_orders(ranks: torch.Tensor, rows: int, w: int) -> tuple[torch.Tensor, t
     pos = _arange(ranks.shape[1], ranks.dtype, ranks.device)
     high = ranks << w
     s = _sort_rows((high << w).bitwise_or_(high.roll(rows, 0)).bitwise_or_(pos))
-    joint = _run_starts(s[:rows] >> w) * pos
+    joint = _run_starts(s[:rows] >> w) * pos[1:]
     joint_sums = joint.cummax(dim=1).values.sum(dim=1, dtype=torch.int64)
     return (s & ((1 << w) - 1)).long(), joint_sums
 
