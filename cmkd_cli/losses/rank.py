@@ -114,25 +114,29 @@ def _min_ranks(key: torch.Tensor, w: int, packed: torch.dtype) -> tuple[torch.Te
     return ranks, first.sum(dim=1, dtype=torch.int64)
 
 
-def _lex_orders(ranks: torch.Tensor, rows: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``ranks = [r_a; r_b]`` (``[2B, C]`` min ranks) -> the elements of each row ordered by
-    ``(a, b, index)`` (rows ``:B``) and by ``(b, a, index)`` (rows ``B:``), ``[2B, C]``
-    int64, and per row the sum of min ranks of the pairs ``(a, b)``: ``n0 - n_tied_both``.
-    One sort of ``2B`` rows of ``(r_1, r_2, index)`` packed in ``3 w`` bits."""
+def _orders(
+    ranks: torch.Tensor, rows: int, w: int, small: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``ranks = [r_a; r_b]`` (``[2B, C]`` min ranks) -> ``(q, p, joint_sums)``.
+
+    ``P`` orders a row's elements by ``(a, b, index)``, ``Q`` by ``(b, a, index)``;
+    ``q[i]`` is the Q-position of the element at P-position ``i`` and ``p`` its inverse
+    (``[B, C]``, dtype ``small``); ``joint_sums`` per row is the sum of min ranks of the
+    pairs ``(a, b)``: ``n0 - n_tied_both``. Two sorts of ``B`` rows packed in ``3 w`` / ``2 w``
+    bits: ``P`` from ``(r_a, r_b, index)``; then ``Q`` as the P-positions sorted by
+    ``(r_b, P-position)``: within equal ``b``, P-position orders by ``(a, index)`` already.
+    That sort yields ``p`` itself; one scatter inverts it.
+    """
+    mask = (1 << w) - 1
     pos = _arange(ranks.shape[1], ranks.dtype, ranks.device)
-    high = ranks << w
-    s = _sort_rows((high << w).bitwise_or_(high.roll(rows, 0)).bitwise_or_(pos))
-    joint = _run_starts(s[:rows] >> w) * pos[1:]
+    s = _sort_rows((ranks[:rows] << (2 * w)) | (ranks[rows:] << w) | pos)  # P order
+    joint = _run_starts(s >> w) * pos[1:]
     joint_sums = joint.cummax(dim=1).values.sum(dim=1, dtype=torch.int64)
-    return (s & ((1 << w) - 1)).long(), joint_sums
-
-
-def _paired_positions(order: torch.Tensor, rows: int, dtype: torch.dtype) -> torch.Tensor:
-    """``order = [P; Q]`` (two orders of each row's elements) -> ``[q; p]``: ``q[i]`` the
-    Q-position of the element at P-position ``i``, ``p`` its inverse."""
-    pos = _arange(order.shape[1], dtype, order.device).expand(order.shape)
-    where = torch.empty(order.shape, dtype=dtype, device=order.device).scatter_(1, order, pos)
-    return where.roll(rows, 0).gather(1, order)
+    s = _sort_rows((s & (mask << w)) | pos)  # (r_b at P-position j, j): Q order
+    p = s & mask
+    where = _arange(ranks.shape[1], small, ranks.device).expand(p.shape)
+    q = torch.empty(p.shape, dtype=small, device=p.device).scatter_(1, p.long(), where)
+    return q, p.to(small), joint_sums
 
 
 def _discordant_pairs(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -216,7 +220,7 @@ def kendall_tau_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     Knight's algorithm, batched over rows: with ``n_3`` the pairs tied in both,
     ``n_c - n_d = n0 - n_1 - n_2 + n_3 - 2 n_d``. Ties come from sums of min ranks
-    (:func:`_min_ranks`, :func:`_lex_orders`). Order each row by ``(a, b)`` (``P``) and by
+    (:func:`_min_ranks`, :func:`_orders`). Order each row by ``(a, b)`` (``P``) and by
     ``(b, a)`` (``Q``), joint ties by index in both: a pair is discordant exactly when ``P``
     and ``Q`` disagree (pairs tied in ``a`` or ``b`` are ordered alike by both), so ``n_d``
     is the inversion count of the permutation ``P -> Q`` (:func:`_discordant_pairs`). Three
@@ -240,9 +244,8 @@ def kendall_tau_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     packed = torch.int32 if 3 * w <= 31 else torch.int64
     small = torch.int16 if n + (1 << 6) <= 32767 else torch.int32
     ranks, rank_sums = _min_ranks(_order_key(x), w, packed)
-    order, joint_sums = _lex_orders(ranks, rows, w)
-    qp = _paired_positions(order, rows, small)
-    discordant = _discordant_pairs(qp[:rows], qp[rows:])
+    q, p, joint_sums = _orders(ranks, rows, w, small)
+    discordant = _discordant_pairs(q, p)
     not_tied_a, not_tied_b = rank_sums[:rows], rank_sums[rows:]  # n0 - n_1, n0 - n_2
     # a constant row makes the numerator 0 too: 0 / 0 = NaN, as scipy
     num = (not_tied_a + not_tied_b - joint_sums - 2 * discordant).to(torch.float64)
