@@ -2,7 +2,8 @@
 
 Each holds the student, the method's own modules, optimiser, scheduler, AMP scaler,
 epoch, step, RNG states (python, numpy, torch, cuda) and the recipe. A frozen teacher is
-referenced by its source, not copied.
+referenced by its source, not copied. `best.pt` leaves out a method's
+`training_only_state` (memory banks); `last.pt` keeps everything.
 """
 
 from __future__ import annotations

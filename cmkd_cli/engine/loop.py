@@ -201,7 +201,7 @@ def fit(
     if last_path.exists():
         ckpt = load_checkpoint(last_path, map_location=device)
         method.student.load_state_dict(ckpt["student"])
-        method.load_checkpoint_state(ckpt["method"])
+        method.load_checkpoint_state(ckpt["method"], resume=True)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -329,7 +329,8 @@ def fit(
         if dist.is_main:
             state = checkpoint(epoch)
             save_checkpoint(last_path, state)
-            if is_best:
+            if is_best:  # without the memories only training needs (method docstrings)
+                state["method"] = method.checkpoint_state(resumable=False)
                 save_checkpoint(best_path, state)
 
     # final evaluation of the best student on the test split

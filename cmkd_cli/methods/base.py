@@ -62,6 +62,10 @@ class Method(nn.Module):
     needs_teacher_logits: ClassVar[bool] = False
     #: DDP must look for parameters that get no gradient in a step
     find_unused_parameters: ClassVar[bool] = False
+    #: state-dict keys needed only to continue training (memory banks and their pointers):
+    #: `last.pt` keeps them for an exact resume, `best.pt` (evaluation, shipping) leaves
+    #: them out
+    training_only_state: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -226,14 +230,18 @@ class Method(nn.Module):
             return ("student.", "teacher.")
         return ("student.",)
 
-    def checkpoint_state(self) -> dict[str, torch.Tensor]:
-        """The method's own state (tuned teacher, heads, proxies, memories, running stats)."""
-        skip = self._stored_elsewhere()
+    def checkpoint_state(self, resumable: bool = True) -> dict[str, torch.Tensor]:
+        """The method's own state (tuned teacher, heads, proxies, running stats, and with
+        `resumable` the `training_only_state` memories)."""
+        skip = self._stored_elsewhere() + (() if resumable else self.training_only_state)
         return {k: v for k, v in self.state_dict().items() if not k.startswith(skip)}
 
-    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor], resume: bool = False) -> None:
+        """Load `checkpoint_state`; to `resume` training the training-only state must be
+        there too (a `last.pt`), to evaluate it may be missing (a `best.pt`)."""
         missing, unexpected = self.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith(self._stored_elsewhere())]
+        optional = self._stored_elsewhere() + (() if resume else self.training_only_state)
+        missing = [k for k in missing if not k.startswith(optional)]
         if missing or unexpected:
             from cmkd_cli.errors import RunError
 

@@ -25,6 +25,8 @@ Choices:
 - Z: one normalisation constant per direction, set from the first batch as official
   (`crd_normalization_constant`) and stored as buffers, so checkpoints and resumed runs keep
   them; the teacher feature is detached; the embed heads are trained (group `embed`).
+- the memories and Z are `training_only_state`: `last.pt` keeps them (exact resume),
+  `best.pt` leaves them out (evaluation needs only the student and the heads).
 
 DDP: every process keeps a full copy of both memories (2 x n_data x feat_dim floats each).
 The memory rows are updated from the embeddings and indices all-gathered from every process,
@@ -93,6 +95,7 @@ class EmbedHead(nn.Module):
 @register_method("crd")
 class CRD(Method):
     Config = CRDConfig
+    training_only_state = ("memory_s", "memory_t", "z_s", "z_t")
 
     def __init__(self, cfg: CRDConfig, student: nn.Module, teacher: nn.Module, *args, **kwargs):
         super().__init__(cfg, student, teacher, *args, **kwargs)

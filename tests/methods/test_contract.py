@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from cmkd_cli.config import list_recipes, load_recipe
+from cmkd_cli.engine.checkpoint import load_checkpoint
 from cmkd_cli.engine.distributed import init_distributed
 from cmkd_cli.engine.loop import fit, make_loaders
 from cmkd_cli.methods import METHODS
 from cmkd_cli.stages import train_teacher
-from cmkd_cli.stages.experiment import build_experiment
+from cmkd_cli.stages.experiment import build_experiment, method_from_checkpoint
 
 FAST = [
     "train.epochs=1",
@@ -92,3 +93,11 @@ def test_method_has_a_zoo_recipe_and_trains_through_the_engine(
     )
     assert (tmp_path / "run" / "final.json").is_file()
     assert 0.0 <= result.test["accuracy"] <= 1.0
+    # best.pt (evaluation, shipping) leaves out training-only memories, last.pt keeps them
+    last = load_checkpoint(tmp_path / "run" / "last.pt")["method"]
+    best = load_checkpoint(tmp_path / "run" / "best.pt")["method"]
+    assert set(best) == {k for k in last if not k.startswith(method.training_only_state)}
+    for key in method.training_only_state:
+        assert any(k.startswith(key) for k in last), key
+    restored, _ = method_from_checkpoint(tmp_path / "run" / "best.pt")
+    assert type(restored) is type(method)

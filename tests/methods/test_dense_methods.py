@@ -282,6 +282,12 @@ def test_cirkd_trains_through_the_engine_on_the_nyu_fixture(cli, tmp_path: Path)
     ]
     terms = {k for r in rows if r["kind"] == "step" for k in r if k.startswith("loss/")}
     assert {"loss/kd", "loss/pair", "loss/memory_pixel", "loss/memory_region"} <= terms
+    # the memories are training state: last.pt keeps them (resume), best.pt does not
+    last = torch.load(Path(run["run_dir"]) / "last.pt", weights_only=True)["method"]
+    best = torch.load(Path(run["run_dir"]) / "best.pt", weights_only=True)["method"]
+    assert {"pixel_memory", "region_memory"} <= set(last)
+    assert not {"pixel_memory", "pixel_ptr", "region_memory", "region_ptr"} & set(best)
+    assert any(k.startswith("project.") for k in best)
 
 
 #: overrides that shrink the NYU recipe to seconds on a CPU (tests/stages/test_nyu_e2e.py too)
