@@ -223,8 +223,9 @@ def kendall_tau_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     (:func:`_min_ranks`, :func:`_orders`). Order each row by ``(a, b)`` (``P``) and by
     ``(b, a)`` (``Q``), joint ties by index in both: a pair is discordant exactly when ``P``
     and ``Q`` disagree (pairs tied in ``a`` or ``b`` are ordered alike by both), so ``n_d``
-    is the inversion count of the permutation ``P -> Q`` (:func:`_discordant_pairs`). Three
-    row sorts of packed integer keys, no loop over samples, no ``.item()``, no
+    is the inversion count of the permutation ``P -> Q`` (:func:`_discordant_pairs`). Row
+    sorts of packed 32-bit keys (two of ``2B`` rows, two of ``B`` rows; 64-bit when
+    ``C > 1024``), no loop over samples, no ``.item()``, no
     data-dependent shape: nothing waits for the host (on CPU the sort is numpy's, see
     :func:`_sort_rows`). Helpers keep their temporaries local so that they are freed as soon
     as a stage ends. Exact integer counting; the ratio is taken in float64 and returned as
