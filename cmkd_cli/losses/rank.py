@@ -195,7 +195,8 @@ def _far_pairs(q: torch.Tensor, lk: int) -> torch.Tensor:
     rows, n = q.shape
     nb = -(-n // (1 << lk))
     gtype = torch.int32 if n < 46341 else torch.int64  # products of counts stay exact
-    cell = (_tile_offsets(n, lk, q.dtype, q.device) + (q >> lk)).long()
+    cells = q.dtype if nb * nb <= torch.iinfo(q.dtype).max else torch.int64
+    cell = (_tile_offsets(n, lk, cells, q.device) + (q >> lk).to(cells)).long()
     grid = torch.zeros(rows, nb * nb, dtype=gtype, device=q.device)
     one = torch.ones((), dtype=gtype, device=q.device).expand(rows, n)
     grid = grid.scatter_add_(1, cell, one).view(rows, nb, nb)

@@ -151,6 +151,10 @@ def test_chunked_rows_and_large_class_count(monkeypatch):
     a = rng.integers(0, 50, (2, 5000)).astype(np.float32)  # int64 packed keys (3 w > 31)
     b = rng.integers(0, 50, (2, 5000)).astype(np.float32)
     assert_matches_scipy(a, b)
+    a = rng.standard_normal((1, 20000)).astype(np.float32)  # more grid cells than int16 holds
+    assert_matches_scipy(a, (a + rng.standard_normal((1, 20000))).astype(np.float32))
+    a = rng.standard_normal((1, 40000)).astype(np.float32)  # int32 positions
+    assert_matches_scipy(a, (a + rng.standard_normal((1, 40000))).astype(np.float32))
 
 
 def test_result_is_detached_and_float32():
