@@ -18,7 +18,8 @@ try:  # typer >= 0.20 vendors click
     from typer._click.exceptions import ClickException
 except ImportError:  # pragma: no cover - older typer
     from click import ClickException
-from cmkd_cli.errors import CmkdError, UsageError
+from cmkd_cli.errors import CmkdError, RunError, UsageError
+from cmkd_cli.native import explain_load_error
 
 app = typer.Typer(
     name="cmkd",
@@ -27,6 +28,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 recipes_app = typer.Typer(help="List and show the bundled recipes.", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
@@ -66,6 +68,26 @@ def parse_vars(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+# Global flags, accepted before or after the stage (`cmkd --json distill` = `cmkd distill --json`).
+GLOBAL_FLAGS = ("--json", "--debug", "--quiet", "-q")
+
+
+def hoist_global_flags(argv: list[str]) -> list[str]:
+    """Move the global flags typed after the stage name to the front (up to a `--`)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [a for a in argv[:end] if a in GLOBAL_FLAGS]
+    rest = [a for a in argv[:end] if a not in GLOBAL_FLAGS]
+    return flags + rest + argv[end:]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from cmkd_cli import __version__
+
+        console.stdout.print(f"cmkd {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global(
     json_out: Annotated[
@@ -73,6 +95,12 @@ def _global(
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks on errors")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", "-V", callback=_print_version, is_eager=True, help="print the version"
+        ),
+    ] = False,
 ) -> None:
     console.OPTIONS.json = json_out
     console.OPTIONS.debug = debug
@@ -397,6 +425,27 @@ def align_faces(
     console.emit(result, stage.render(result))
 
 
+@app.command()
+def doctor(
+    wav: Annotated[
+        Path | None, typer.Option("--wav", help="a real recording for the fbank check")
+    ] = None,
+) -> None:
+    """Load every native piece the project uses and print versions, device, CUDA/cuDNN.
+
+    Runs torch, soundfile, torchaudio's Kaldi fbank, a torchvision op, PyAV encode + decode,
+    MTCNN's weights and the bundled MiniLM. Reads nothing else, writes nothing. Exits 1
+    naming each broken piece and its likely cause (e.g. a torchaudio built for another torch).
+    """
+    from cmkd_cli.stages import doctor as stage
+
+    result = stage.run(wav)
+    console.emit(result, stage.render(result))
+    problem = stage.failure(result)
+    if problem:
+        raise RunError(problem)
+
+
 @recipes_app.command("list")
 def recipes_list() -> None:
     """List the recipes in recipes/ (and $CMKD_RECIPES)."""
@@ -430,8 +479,9 @@ def _leave_process_group() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn errors into one sentence and an exit code."""
+    argv = hoist_global_flags(list(sys.argv[1:] if argv is None else argv))
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="cmkd", standalone_mode=False)
         _leave_process_group()
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -450,9 +500,12 @@ def main(argv: list[str] | None = None) -> None:
         console.stderr.print("interrupted")
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - last resort: one line unless --debug
+        native = explain_load_error(exc)
         if console.OPTIONS.debug:
             traceback.print_exc()
-        else:
+        if native:
+            console.stderr.print(f"error: {native}", markup=False, highlight=False)
+        elif not console.OPTIONS.debug:
             console.stderr.print(
                 f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
                 markup=False,

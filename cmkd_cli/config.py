@@ -23,9 +23,12 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def recipe_dirs() -> list[Path]:
-    """Where `--recipe NAME` looks: $CMKD_RECIPES (colon-separated), then the repo's recipes/."""
+    """Where `--recipe NAME` looks: $CMKD_RECIPES (colon-separated), then the bundled recipes:
+    `cmkd_cli/recipes/` in an installed wheel, else the source checkout's top-level `recipes/`."""
     dirs = [Path(p) for p in os.environ.get(RECIPE_DIR_ENV, "").split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parent.parent / "recipes")
+    package = Path(__file__).resolve().parent
+    bundled = package / "recipes"
+    dirs.append(bundled if bundled.is_dir() else package.parent / "recipes")
     return dirs
 
 

@@ -29,6 +29,12 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def shared_data_or_none() -> Path | None:
+    """The real data folder, or None in a fresh clone (for tests that run either way)."""
+    return SHARED_DATA if SHARED_DATA.is_dir() else None
+
+
 @dataclass
 class CliResult:
     code: int
@@ -57,3 +63,12 @@ def cli(capsys, monkeypatch, tmp_path):
         return CliResult(code, out, err)
 
     return run
+
+
+FIRST = "test_native_stack.py"
+
+
+def pytest_collection_modifyitems(items):
+    """The native-stack checks run first: under `pytest -x` a broken install (e.g. a
+    torchaudio built for another torch) stops the suite at once with the cause."""
+    items.sort(key=lambda item: item.path.name != FIRST)
