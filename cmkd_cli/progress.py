@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from cmkd_cli import console
@@ -13,9 +13,21 @@ T = TypeVar("T")
 
 
 def track(
-    items: Iterable[T], total: int | None = None, description: str = "working", every: int = 0
+    items: Iterable[T],
+    total: int | None = None,
+    description: str = "working",
+    every: int = 0,
+    status: Callable[[], str] | None = None,
+    plain_every_s: float | None = None,
+    transient: bool = False,
 ) -> Iterator[T]:
-    """Iterate `items` while showing progress on stderr (silent with --quiet/--json)."""
+    """Iterate `items` while showing progress on stderr (silent with --quiet/--json).
+
+    `status()` adds a short text to the bar and lines (e.g. the current loss). Off a TTY a
+    line is printed every `every` items (default a tenth of `total`), or, with
+    `plain_every_s`, at most once per that many seconds (short loops then print nothing);
+    a `transient` bar is removed when done.
+    """
     if total is None:
         try:
             total = len(items)  # type: ignore[arg-type]
@@ -25,34 +37,49 @@ def track(
         yield from items
         return
     if sys.stderr.isatty():
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=console.stderr, transient=False) as bar:
-            task = bar.add_task(description, total=total)
-            for item in items:
-                yield item
-                bar.advance(task)
+        yield from _rich_bar(items, total, description, status, transient)
         return
     every = every or max(1, (total or 100) // 10)
-    start = time.perf_counter()
+    start = last = time.perf_counter()
     n = 0
     for n, item in enumerate(items, 1):
         yield item
-        if n % every == 0 or n == total:
-            rate = n / max(time.perf_counter() - start, 1e-9)
+        now = time.perf_counter()
+        due = now - last >= plain_every_s if plain_every_s else n % every == 0 or n == total
+        if due:
+            last = now
+            rate = n / max(now - start, 1e-9)
             of = f"/{total}" if total else ""
-            console.stderr.print(f"{description}: {n}{of} ({rate:.1f}/s)", markup=False)
+            extra = f" {status()}" if status else ""
+            console.stderr.print(f"{description}: {n}{of} ({rate:.1f}/s){extra}", markup=False)
+
+
+def _rich_bar(
+    items: Iterable[T],
+    total: int | None,
+    description: str,
+    status: Callable[[], str] | None,
+    transient: bool,
+) -> Iterator[T]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console.stderr, transient=transient) as bar:
+        task = bar.add_task(description, total=total, status="")
+        for item in items:
+            yield item
+            bar.update(task, advance=1, status=status() if status else "")

@@ -27,7 +27,12 @@ from cmkd_cli.engine.optim import build_optimizer, build_scheduler
 from cmkd_cli.errors import RunError, UsageError
 from cmkd_cli.io import atomic_write_json, atomic_write_text
 from cmkd_cli.methods.base import Method
+from cmkd_cli.progress import track
 from cmkd_cli.schema import RecipeBase
+from cmkd_cli.tasks import check_metric
+
+#: off a TTY, a long epoch prints a progress line at most this often (seconds)
+PLAIN_PROGRESS_S = 60.0
 
 
 class NonFiniteLoss(RunError):
@@ -126,9 +131,7 @@ def attach_teacher_cache(method: Method, data: Any, recipe: RecipeBase, dist: Di
         and getattr(data, "teacher_static", False)
     ):
         return
-    taps = sorted(
-        method.teacher_tap_outputs().keys() | {p for t in method._teacher_taps for p in t.paths}
-    )
+    taps = sorted(method.teacher_tap_outputs().keys() | set(method.teacher_tap_paths()))
     key = cache_key(
         method.teacher,
         recipe.teacher.model_dump(mode="json") if recipe.teacher else None,
@@ -159,6 +162,46 @@ def _improved(value: float, best: float | None, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
+@dataclass
+class FitState:
+    """Where a run stands: what `last.pt` records and `resume` restores (0-based epochs)."""
+
+    epoch: int = 0
+    step: int = 0
+    best: float | None = None
+    best_epoch: int = -1
+    resumed_from: int | None = None
+
+
+@dataclass
+class Trainer:
+    """What `build` makes for one run: loaders, optimiser, schedule, scaler, logger."""
+
+    method: Method
+    model: torch.nn.Module  # `method`, wrapped in DDP under torchrun
+    data: Any
+    task: Any
+    recipe: RecipeBase
+    run_dir: Path
+    dist: DistInfo
+    input_key: str
+    loaders: dict[str, Any]
+    steps_per_epoch: int
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    logger: MetricsLogger
+    extra_state: dict[str, Any]
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / "best.pt"
+
+
 def fit(
     method: Method,
     data: Any,
@@ -169,8 +212,36 @@ def fit(
     input_key: str = "x",
     extra_state: dict[str, Any] | None = None,
 ) -> FitResult:
-    """Train `method` on `data` and evaluate its student; resume from RUN/last.pt if present."""
+    """Train `method` on `data` and evaluate its student; resume from RUN/last.pt if present.
+
+    The phases, each a function below: build, resume, then per epoch train, validate and
+    save, then test the best student.
+    """
     t_start = time.perf_counter()
+    trainer = build(method, data, task, recipe, run_dir, dist, input_key, extra_state)
+    state = resume(trainer)
+    while state.epoch < recipe.train.epochs:
+        train_avg, epoch_time = train_epoch(trainer, state)
+        val = validate(trainer, state)
+        is_best = _record_best(trainer, state, val)
+        log_epoch(trainer, state, train_avg, val, epoch_time)
+        save(trainer, state, is_best)
+        state.epoch += 1
+    return finish(trainer, state, time.perf_counter() - t_start)
+
+
+def build(
+    method: Method,
+    data: Any,
+    task: Any,
+    recipe: RecipeBase,
+    run_dir: Path,
+    dist: DistInfo,
+    input_key: str = "x",
+    extra_state: dict[str, Any] | None = None,
+) -> Trainer:
+    """Loaders, teacher cache, optimiser, schedule, AMP scaler, DDP wrapper and logger."""
+    check_metric(recipe.task, recipe.eval.metric)
     device = dist.device
     run_dir.mkdir(parents=True, exist_ok=True)
     method.to(device)
@@ -194,198 +265,259 @@ def fit(
             find_unused_parameters=method.find_unused_parameters,
         )
     logger = MetricsLogger(run_dir, recipe.output.tensorboard, enabled=dist.is_main)
-    metric = recipe.eval.metric
-    start_epoch, global_step, best, best_epoch, resumed = 0, 0, None, -1, None
+    return Trainer(
+        method=method,
+        model=model,
+        data=data,
+        task=task,
+        recipe=recipe,
+        run_dir=run_dir,
+        dist=dist,
+        input_key=input_key,
+        loaders=loaders,
+        steps_per_epoch=steps_per_epoch,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        logger=logger,
+        extra_state=extra_state or {},
+    )
 
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    if last_path.exists():
-        ckpt = load_checkpoint(last_path, map_location=device)
-        method.student.load_state_dict(ckpt["student"])
-        method.load_checkpoint_state(ckpt["method"], resume=True)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, global_step = ckpt["epoch"] + 1, ckpt["step"]
-        best, best_epoch = ckpt["best"], ckpt["best_epoch"]
-        restore_rng(ckpt["rng"])
-        resumed = ckpt["epoch"]
-        logger.truncate_after(ckpt["epoch"])
-        console.info(f"resuming {run_dir} after epoch {ckpt['epoch'] + 1}")
-    elif dist.is_main:
-        atomic_write_text(run_dir / "config.yaml", dump_recipe(recipe))
 
-    def checkpoint(epoch: int) -> dict[str, Any]:
-        return {
-            "student": method.student.state_dict(),
-            "method": method.checkpoint_state(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch,
-            "step": global_step,
-            "best": best,
-            "best_epoch": best_epoch,
-            "rng": capture_rng(),
-            "recipe": recipe.model_dump(mode="json"),
-            "data_spec": data.spec(),
-            "teacher_ref": (extra_state or {}).get("teacher_ref"),
+def resume(trainer: Trainer) -> FitState:
+    """The state after RUN/last.pt (weights, optimiser, schedule, RNG restored), or a fresh
+    state (and RUN/config.yaml written) when there is none."""
+    state = FitState()
+    if not trainer.last_path.exists():
+        if trainer.dist.is_main:
+            atomic_write_text(trainer.run_dir / "config.yaml", dump_recipe(trainer.recipe))
+        return state
+    ckpt = load_checkpoint(trainer.last_path, map_location=trainer.dist.device)
+    trainer.method.student.load_state_dict(ckpt["student"])
+    trainer.method.load_checkpoint_state(ckpt["method"], resume=True)
+    trainer.optimizer.load_state_dict(ckpt["optimizer"])
+    trainer.scheduler.load_state_dict(ckpt["scheduler"])
+    trainer.scaler.load_state_dict(ckpt["scaler"])
+    restore_rng(ckpt["rng"])
+    state.epoch, state.step = ckpt["epoch"] + 1, ckpt["step"]
+    state.best, state.best_epoch = ckpt["best"], ckpt["best_epoch"]
+    state.resumed_from = ckpt["epoch"]
+    trainer.logger.truncate_after(ckpt["epoch"])
+    console.info(f"resuming {trainer.run_dir} after epoch {ckpt['epoch'] + 1}")
+    return state
+
+
+def train_epoch(trainer: Trainer, state: FitState) -> tuple[dict[str, float], float]:
+    """One epoch of optimisation; the per-term training averages and the epoch's time."""
+    recipe, dist, device = trainer.recipe, trainer.dist, trainer.dist.device
+    epoch, accum, steps = state.epoch, recipe.train.grad_accum, trainer.steps_per_epoch
+    trainer.loaders["sampler"].set_epoch(epoch)
+    trainer.data.train.set_epoch(epoch, seed=recipe.train.seed)
+    trainer.method.on_epoch_start(epoch)
+    trainer.model.train()
+    t_epoch = time.perf_counter()
+    sums: dict[str, float] = {}
+    n_seen = 0
+    batches = iter(trainer.loaders["train"])
+    loss = {"total": 0.0}
+    for i in track(
+        range(steps),
+        total=steps,
+        description=f"epoch {epoch + 1}/{recipe.train.epochs}",
+        status=lambda: f"loss {loss['total']:.4f}",
+        plain_every_s=PLAIN_PROGRESS_S,
+        transient=True,
+    ):
+        batch = to_device(next(batches), device)
+        last_micro = (i + 1) % accum == 0 or i + 1 == steps
+        out, total = _forward_backward(trainer, state, batch, i, sync=last_micro)
+        if last_micro:
+            _optimizer_step(trainer)
+            state.step += 1
+        bs = len(batch["y"]) if "y" in batch else 1
+        n_seen += bs
+        row = {f"loss/{k}": v.detach().float().item() for k, v in out.losses.items()}
+        row["loss/total"] = float(total.detach())
+        row.update({f"stats/{k}": float(v) for k, v in out.stats.items()})
+        for k, v in row.items():
+            sums[k] = sums.get(k, 0.0) + v * bs
+        if dist.is_main and (i % recipe.train.log_every == 0 or i + 1 == steps):
+            elapsed = time.perf_counter() - t_epoch
+            row.update(
+                {
+                    "kind": "step",
+                    "epoch": epoch,
+                    "step": state.step,
+                    "samples_per_s": n_seen * dist.world_size / max(elapsed, 1e-9),
+                }
+            )
+            row.update(
+                {
+                    f"lr/{g.get('name', j)}": g["lr"]
+                    for j, g in enumerate(trainer.optimizer.param_groups)
+                }
+            )
+            trainer.logger.log(row)
+        loss["total"] = row["loss/total"]
+    epoch_time = time.perf_counter() - t_epoch
+    return {k: v / max(n_seen, 1) for k, v in sums.items()}, epoch_time
+
+
+def _forward_backward(
+    trainer: Trainer, state: FitState, batch: dict[str, Any], i: int, sync: bool
+) -> tuple[Any, torch.Tensor]:
+    """The method's losses on one batch, checked finite, and their backward pass."""
+    model, dist = trainer.model, trainer.dist
+    no_sync = contextlib.nullcontext() if sync or not dist.enabled else model.no_sync()
+    with no_sync:
+        with _autocast(trainer.recipe, dist.device):
+            out = model(batch)
+        total = sum(out.losses.values())
+        bad = [k for k, v in out.losses.items() if not torch.isfinite(v).all()]
+        if bad:
+            last = trainer.last_path
+            raise NonFiniteLoss(
+                f"step {state.step + 1} (epoch {state.epoch + 1}, batch {i + 1}): loss term "
+                f"`{bad[0]}` is {out.losses[bad[0]].item()}; the last good state is "
+                f"{last if last.exists() else 'not saved yet'}"
+            )
+        trainer.scaler.scale(total / trainer.recipe.train.grad_accum).backward()
+    return out, total
+
+
+def _optimizer_step(trainer: Trainer) -> None:
+    """Unscale and clip (when asked), step, update the scaler, zero grads, step the lr."""
+    optimizer, scaler = trainer.optimizer, trainer.scaler
+    if trainer.recipe.train.grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(
+            [p for g in optimizer.param_groups for p in g["params"]],
+            trainer.recipe.train.grad_clip,
+        )
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    trainer.scheduler.step()
+
+
+def validate(trainer: Trainer, state: FitState) -> dict[str, float]:
+    """Validation metrics of the student, on the epochs `eval.every` asks for (else {})."""
+    recipe = trainer.recipe
+    epoch = state.epoch
+    if not ((epoch + 1) % recipe.eval.every == 0 or epoch + 1 == recipe.train.epochs):
+        return {}
+    val = trainer.task.evaluate(
+        trainer.method.student_for_inference(),
+        trainer.loaders["val"],
+        trainer.dist.device,
+        trainer.input_key,
+    )
+    if recipe.eval.metric not in val:
+        raise UsageError(f"eval.metric: {recipe.eval.metric!r} is not one of {sorted(val)}")
+    return val
+
+
+def _record_best(trainer: Trainer, state: FitState, val: dict[str, float]) -> bool:
+    """Whether this epoch's validation metric is the best so far (and record it)."""
+    metric = trainer.recipe.eval.metric
+    if not val or not _improved(val[metric], state.best, trainer.recipe.eval.mode):
+        return False
+    state.best, state.best_epoch = val[metric], state.epoch
+    return True
+
+
+def log_epoch(
+    trainer: Trainer,
+    state: FitState,
+    train_avg: dict[str, float],
+    val: dict[str, float],
+    epoch_time: float,
+) -> None:
+    """The epoch row of metrics.jsonl / TensorBoard and one line for humans."""
+    device = trainer.dist.device
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    trainer.logger.log(
+        {
+            "kind": "epoch",
+            "epoch": state.epoch,
+            "step": state.step,
+            **{f"train/{k}": v for k, v in train_avg.items()},
+            **{f"val/{k}": v for k, v in val.items()},
+            "epoch_time_s": epoch_time,
+            "peak_mem_bytes": peak,
         }
+    )
+    console.info(
+        f"epoch {state.epoch + 1}/{trainer.recipe.train.epochs}  "
+        f"loss {train_avg.get('loss/total', 0):.4f}  "
+        + "  ".join(f"val {k} {v:.4f}" for k, v in val.items())
+        + f"  ({epoch_time:.1f}s)"
+    )
 
-    accum = recipe.train.grad_accum
-    for epoch in range(start_epoch, recipe.train.epochs):
-        loaders["sampler"].set_epoch(epoch)
-        data.train.set_epoch(epoch, seed=recipe.train.seed)
-        method.on_epoch_start(epoch)
-        model.train()
-        t_epoch = time.perf_counter()
-        sums: dict[str, float] = {}
-        n_seen = 0
-        batches = iter(loaders["train"])
-        progress = console_progress(steps_per_epoch, f"epoch {epoch + 1}/{recipe.train.epochs}")
-        for i in range(steps_per_epoch):
-            batch = to_device(next(batches), device)
-            last_micro = (i + 1) % accum == 0 or i + 1 == steps_per_epoch
-            sync = contextlib.nullcontext() if last_micro or not dist.enabled else model.no_sync()
-            with sync:
-                with _autocast(recipe, device):
-                    out = model(batch)
-                total = sum(out.losses.values())
-                bad = [k for k, v in out.losses.items() if not torch.isfinite(v).all()]
-                if bad:
-                    raise NonFiniteLoss(
-                        f"step {global_step + 1} (epoch {epoch + 1}, batch {i + 1}): loss term "
-                        f"`{bad[0]}` is {out.losses[bad[0]].item()}; the last good state is "
-                        f"{last_path if last_path.exists() else 'not saved yet'}"
-                    )
-                scaler.scale(total / accum).backward()
-            if last_micro:
-                if recipe.train.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(
-                        [p for g in optimizer.param_groups for p in g["params"]],
-                        recipe.train.grad_clip,
-                    )
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                global_step += 1
-            bs = len(batch["y"]) if "y" in batch else 1
-            n_seen += bs
-            row = {f"loss/{k}": v.detach().float().item() for k, v in out.losses.items()}
-            row["loss/total"] = float(total.detach())
-            row.update({f"stats/{k}": float(v) for k, v in out.stats.items()})
-            for k, v in row.items():
-                sums[k] = sums.get(k, 0.0) + v * bs
-            if dist.is_main and (i % recipe.train.log_every == 0 or i + 1 == steps_per_epoch):
-                elapsed = time.perf_counter() - t_epoch
-                row.update(
-                    {
-                        "kind": "step",
-                        "epoch": epoch,
-                        "step": global_step,
-                        "samples_per_s": n_seen * dist.world_size / max(elapsed, 1e-9),
-                    }
-                )
-                row.update(
-                    {
-                        f"lr/{g.get('name', j)}": g["lr"]
-                        for j, g in enumerate(optimizer.param_groups)
-                    }
-                )
-                logger.log(row)
-            progress.advance(row.get("loss/total", float(total.detach())))
-        progress.close()
-        epoch_time = time.perf_counter() - t_epoch
-        train_avg = {k: v / max(n_seen, 1) for k, v in sums.items()}
-        validate = (epoch + 1) % recipe.eval.every == 0 or epoch + 1 == recipe.train.epochs
-        val = (
-            task.evaluate(method.student_for_inference(), loaders["val"], device, input_key)
-            if validate
-            else {}
-        )
-        if validate and metric not in val:
-            raise UsageError(f"eval.metric: {metric!r} is not one of {sorted(val)}")
-        is_best = validate and _improved(val[metric], best, recipe.eval.mode)
-        if is_best:
-            best, best_epoch = val[metric], epoch
-        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-        logger.log(
-            {
-                "kind": "epoch",
-                "epoch": epoch,
-                "step": global_step,
-                **{f"train/{k}": v for k, v in train_avg.items()},
-                **{f"val/{k}": v for k, v in val.items()},
-                "epoch_time_s": epoch_time,
-                "peak_mem_bytes": peak,
-            }
-        )
-        console.info(
-            f"epoch {epoch + 1}/{recipe.train.epochs}  loss {train_avg.get('loss/total', 0):.4f}  "
-            + "  ".join(f"val {k} {v:.4f}" for k, v in val.items())
-            + f"  ({epoch_time:.1f}s)"
-        )
-        if dist.is_main:
-            state = checkpoint(epoch)
-            save_checkpoint(last_path, state)
-            if is_best:  # without the memories only training needs (method docstrings)
-                state["method"] = method.checkpoint_state(resumable=False)
-                save_checkpoint(best_path, state)
 
-    # final evaluation of the best student on the test split
-    if best_path.exists():
-        ckpt = load_checkpoint(best_path, map_location=device)
-        method.student.load_state_dict(ckpt["student"])
-        best = ckpt["best"]
+def checkpoint_state(trainer: Trainer, state: FitState) -> dict[str, Any]:
+    """Everything `resume` needs to continue exactly where the run stands."""
+    return {
+        "student": trainer.method.student.state_dict(),
+        "method": trainer.method.checkpoint_state(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
+        "epoch": state.epoch,
+        "step": state.step,
+        "best": state.best,
+        "best_epoch": state.best_epoch,
+        "rng": capture_rng(),
+        "recipe": trainer.recipe.model_dump(mode="json"),
+        "data_spec": trainer.data.spec(),
+        "teacher_ref": trainer.extra_state.get("teacher_ref"),
+    }
+
+
+def save(trainer: Trainer, state: FitState, is_best: bool) -> None:
+    """`last.pt` after every epoch; `best.pt` when the validation metric improved."""
+    if not trainer.dist.is_main:
+        return
+    ckpt = checkpoint_state(trainer, state)
+    save_checkpoint(trainer.last_path, ckpt)
+    if is_best:  # without the memories only training needs (method docstrings)
+        ckpt["method"] = trainer.method.checkpoint_state(resumable=False)
+        save_checkpoint(trainer.best_path, ckpt)
+
+
+def finish(trainer: Trainer, state: FitState, wall_so_far: float) -> FitResult:
+    """Test the best student (best.pt) and write final.json."""
+    t0 = time.perf_counter()
+    recipe, metric = trainer.recipe, trainer.recipe.eval.metric
+    best_epoch = state.best_epoch
+    if trainer.best_path.exists():
+        ckpt = load_checkpoint(trainer.best_path, map_location=trainer.dist.device)
+        trainer.method.student.load_state_dict(ckpt["student"])
         best_epoch = ckpt["best_epoch"]
-        best_val = {metric: best}
+        best_val = {metric: ckpt["best"]}
     else:
         best_val = {}
-    test = task.evaluate(method.student_for_inference(), loaders["test"], device, input_key)
-    wall = time.perf_counter() - t_start
-    result = FitResult(run_dir, best_epoch, best_val, test, recipe.train.epochs, wall, resumed)
-    if dist.is_main:
+    test = trainer.task.evaluate(
+        trainer.method.student_for_inference(),
+        trainer.loaders["test"],
+        trainer.dist.device,
+        trainer.input_key,
+    )
+    wall = wall_so_far + time.perf_counter() - t0
+    result = FitResult(
+        trainer.run_dir, best_epoch, best_val, test, recipe.train.epochs, wall, state.resumed_from
+    )
+    if trainer.dist.is_main:
         atomic_write_json(
-            run_dir / "final.json",
+            trainer.run_dir / "final.json",
             {
                 "best_epoch": best_epoch,
                 "best_val": best_val,
                 "test": test,
                 "epochs": recipe.train.epochs,
                 "wall_time_s": wall,
-                "resumed_from_epoch": resumed,
+                "resumed_from_epoch": state.resumed_from,
             },
         )
-    logger.close()
+    trainer.logger.close()
     return result
-
-
-class console_progress:  # noqa: N801 - used like a function
-    """A per-epoch progress bar (rich on a TTY, nothing otherwise: epochs print a line)."""
-
-    def __init__(self, total: int, description: str) -> None:
-        import sys
-
-        self._bar = None
-        if sys.stderr.isatty() and not (console.OPTIONS.quiet or console.OPTIONS.json):
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}"),
-                TimeRemainingColumn(),
-                console=console.stderr,
-                transient=True,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task(description, total=total, loss=0.0)
-
-    def advance(self, loss: float) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, advance=1, loss=loss)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()

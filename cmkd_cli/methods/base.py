@@ -169,6 +169,10 @@ class Method(nn.Module):
             self._teacher_taps.append(taps)
         return taps
 
+    def teacher_tap_paths(self) -> list[str]:
+        """The module paths hooked on the teacher (what a teacher cache must also store)."""
+        return [p for taps in self._teacher_taps for p in taps.paths]
+
     def teacher_tap_outputs(self) -> dict[str, torch.Tensor]:
         """The live outputs dict of every hook on the teacher (what a cache must store)."""
         merged: dict[str, torch.Tensor] = {}

@@ -194,13 +194,12 @@ def run(
         if unknown:
             raise UsageError(f"--variant {sorted(unknown)[0]!r}: not a compare variant of {r.name}")
         jobs = [j for j in jobs if j[0] in variants]
-    if not single and dist.is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(root / STUDY_FILE, dump_recipe(r))
-
     datasets = DataCache()
     for _, jr, _ in jobs:  # fail on a bad data, model or method setting before any training
         preflight(jr, datasets.get(jr))
+    if not single and dist.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(root / STUDY_FILE, dump_recipe(r))
     # one pretrained teacher per distinct teacher (variants may change it, e.g. its backbone)
     teachers: dict[str, train_teacher.TeacherResult] = {}
 

@@ -23,7 +23,7 @@ from cmkd_cli.methods import METHODS, Method
 from cmkd_cli.models.registry import MODELS, create_model
 from cmkd_cli.registry import check_kwargs
 from cmkd_cli.schema import ModelConfig, RecipeBase
-from cmkd_cli.tasks import build_task
+from cmkd_cli.tasks import build_task, check_metric
 
 
 @dataclass
@@ -63,6 +63,7 @@ def build_model(cfg: ModelConfig, data: DataBundle, field: str) -> nn.Module:
 def preflight(recipe: RecipeBase, data: DataBundle) -> None:
     """Fail on a bad method, model or parameter before any training starts."""
     method_cls = METHODS.get(recipe.method.name, field="method.name")
+    check_metric(recipe.task, recipe.eval.metric)
     build_model(recipe.student, data, field="student")
     if method_cls.uses_teacher:
         if recipe.teacher is None:

@@ -16,12 +16,26 @@ from cmkd_cli.registry import Registry
 TASKS: Registry = Registry("task")
 
 
-def build_task(name: str, num_classes: int, params: dict[str, Any] | None = None) -> Any:
+def task_class(name: str) -> Any:
+    """The registered task class `name` (the built-in tasks are imported first)."""
     for mod in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{mod.name}")
+    return TASKS.get(name, field="task")
+
+
+def check_metric(task: str, metric: str) -> None:
+    """`eval.metric` must be one the task reports (checked before any work)."""
+    names = task_class(task).metrics
+    if metric not in names:
+        from cmkd_cli.errors import UsageError
+
+        raise UsageError(f"eval.metric: {metric!r} is not one of {sorted(names)} (task {task})")
+
+
+def build_task(name: str, num_classes: int, params: dict[str, Any] | None = None) -> Any:
     from cmkd_cli.registry import check_kwargs
 
-    cls = TASKS.get(name, field="task")
+    cls = task_class(name)
     params = dict(params or {})
     check_kwargs(cls.__init__, params, field="task_params")
     return cls(num_classes=num_classes, **params)
@@ -29,4 +43,4 @@ def build_task(name: str, num_classes: int, params: dict[str, Any] | None = None
 
 from cmkd_cli.tasks.classification import ClassificationTask  # noqa: E402  (re-export)
 
-__all__ = ["TASKS", "ClassificationTask", "build_task"]
+__all__ = ["TASKS", "ClassificationTask", "build_task", "check_metric", "task_class"]

@@ -35,6 +35,7 @@ def test_cached_outputs_equal_live_teacher_and_taps(exp, tmp_path: Path) -> None
     dist = init_distributed("cpu")
     method = exp.method
     taps = method.tap(method.teacher, ["backbone.block1"])
+    assert method.teacher_tap_paths() == ["backbone.block1"]
     attach_teacher_cache(method, exp.data, exp.recipe, dist)
     assert method.teacher_cache is not None
     folders = list((tmp_path / "cache" / "teacher-outputs").iterdir())

@@ -124,3 +124,10 @@ def test_run_failure_exits_1(cli, tmp_path: Path) -> None:
     res = cli("distill", "--resume", run)
     assert res.code == 1, res.stderr
     assert "last.pt cannot be read" in res.stderr
+
+
+def test_wrong_eval_metric_fails_before_any_work(cli, tmp_path: Path) -> None:
+    res = cli("distill", "--recipe", "quickstart", "--set", "eval.metric=acc", *FAST)
+    assert res.code == 2, res.stderr
+    assert "eval.metric: 'acc' is not one of ['accuracy', 'loss']" in res.stderr
+    assert not (tmp_path / "runs").exists()  # no teacher trained, no epoch run
