@@ -2,18 +2,31 @@
 audio of the annotated event segment and its frames, in the dataset's own splits.
 
 Layout (AVE_Dataset as unpacked): ROOT/Annotations.txt, ROOT/trainSet.txt, valSet.txt,
-testSet.txt, one line per video `Category&VideoID&Quality&StartTime&EndTime` (seconds; a
-header line is recognised and skipped), and the clips ROOT/AVE/<VideoID>.mp4 (or --videos).
-The class list is every category of Annotations.txt (sorted; the split files when it is
-absent). Each listed video gives a record: the mp4's audio as 16 kHz mono OUT/wav/<id>.wav
-with `start`/`end` marking the event (the dataset cuts it there), and frames at `--fps`
-(1) inside the event, OUT/frames/<id>_KK.jpg, taken at the middle of each second.
+testSet.txt, one line per annotated event `Category&VideoID&Quality&StartTime&EndTime`
+(seconds; a header line is recognised and skipped), and the clips ROOT/AVE/<VideoID>.mp4 (or
+--videos). The class list is every category of Annotations.txt (sorted; the split files when
+it is absent).
+
+One record per annotation line, as the dataset counts its samples (4,143 lines for 3,339 /
+402 / 402 train / val / test samples): "One video may contain different audio-visual
+events" (the dataset's ReadMe), so 45 videos carry two or three lines (a man and a woman
+speaking over the same seconds, a banjo and a mandolin, ...) and 18 of them are listed in
+two splits. A record's id is `<VideoID>/<category slug>` (unique per line in the official
+files; a second line of the same video and category with another segment gets the segment
+appended, an exact repeat of a line is reported and left out), its `video` the VideoID.
+Each record holds the mp4's audio as 16 kHz mono OUT/wav/<id>.wav with `start`/`end`
+marking the event (the dataset cuts it there), and frames at `--fps` (1) inside the event,
+OUT/frames/<id>_KK.jpg, taken at the middle of each second. A line whose segment is empty
+(the official files hold one, `Church bell&VWi2ENBuTbw&good&0&0`) has no event to cut and
+is reported in OUT/skipped.jsonl.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
+from collections.abc import Container
 from pathlib import Path
 
 from pydantic import Field
@@ -41,7 +54,9 @@ class AVEOptions(PrepareOptions):
 
 
 def parse_line(line: str, where: str) -> tuple[str, str, str, float, float] | None:
-    """(category, video id, quality, start, end) of one annotation line; None for a header."""
+    """(category, video id, quality, start, end) of one annotation line; None for a header.
+
+    An empty segment (start = end, as one official line has) is a DataError: no event."""
     parts = [p.strip() for p in line.rstrip("\n").split("&")]
     if len(parts) != 5:
         raise DataError(f"{where}: expected Category&VideoID&Quality&Start&End, got {line!r}")
@@ -75,6 +90,19 @@ def read_annotations(
     return rows
 
 
+def category_slug(category: str) -> str:
+    """A file-name-safe form of a category: `Male speech, man speaking` ->
+    `male_speech_man_speaking`."""
+    return re.sub(r"[^a-z0-9]+", "_", category.lower()).strip("_") or "_"
+
+
+def record_id(vid: str, category: str, t0: float, t1: float, taken: Container[str]) -> str:
+    """The id of one annotation line: `<vid>/<slug>`, or with `-<start>-<end>` appended when
+    that video and category were already given another segment."""
+    base = f"{vid}/{category_slug(category)}"
+    return base if base not in taken else f"{base}-{t0:g}-{t1:g}"
+
+
 def event_times(start: float, end: float, fps: float) -> list[float]:
     """Frame times inside [start, end): the middle of each 1/fps slice (at least one)."""
     n = max(1, math.floor((end - start) * fps + 1e-6))
@@ -89,21 +117,27 @@ def event_times(start: float, end: float, fps: float) -> list[float]:
     "OUT/classes.txt and OUT/skipped.jsonl.",
 )
 def prepare_ave(opts: AVEOptions) -> PrepareResult:
-    """AVE -> manifest: one record per annotated video with its event segment and label."""
+    """AVE -> manifest: one record per annotation line (video, event segment, label, split)."""
     started = time.perf_counter()
     root = require_dir(opts.root, "--root")
     videos = Path(opts.videos) if opts.videos else root / "AVE"
     skipped: list[Skipped] = []
     tasks: dict[str, Task] = {}
+    lines: dict[tuple[str, str, float, float], str] = {}  # (vid, category, t0, t1) -> where
     categories: set[str] = set()
     for split, name in SPLIT_FILES.items():
         if not (root / name).is_file():
             raise DataError(f"{root / name}: AVE split file does not exist")
         for category, vid, quality, t0, t1 in read_annotations(root / name, skipped):
             categories.add(category)
-            if vid in tasks:
-                skipped.append(skip(root / name, f"video {vid} is listed twice; kept the first"))
+            line = (vid, category, t0, t1)
+            if line in lines:
+                skipped.append(
+                    skip(root / name, f"{vid} {category} {t0:g}-{t1:g} s repeats {lines[line]}")
+                )
                 continue
+            lines[line] = f"{name} ({split})"
+            key = record_id(vid, category, t0, t1, tasks)
             mp4 = videos / f"{vid}.mp4"
             record = {
                 "split": split,
@@ -114,7 +148,7 @@ def prepare_ave(opts: AVEOptions) -> PrepareResult:
                 "end": t1,
             }
             times = event_times(t0, t1, opts.fps)
-            tasks[vid] = audio_visual_task(vid, mp4, mp4, opts, record, times=times, start=t0)
+            tasks[key] = audio_visual_task(key, mp4, mp4, opts, record, times=times, start=t0)
     annotations = root / "Annotations.txt"
     if annotations.is_file():
         categories = {row[0] for row in read_annotations(annotations, [])} or categories

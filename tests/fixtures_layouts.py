@@ -242,25 +242,40 @@ def write_image(pixels: np.ndarray, dst: Path, size: int | None = None) -> Path:
     return dst
 
 
+#: real lines of AVE's Annotations.txt (YapengTian/AVE-ECCV18 data/Annotations.txt), by split
+AVE_LINES = {
+    "trainSet.txt": [
+        "Male speech, man speaking&0qvQIuQoODo&good&1&4",
+        "Female speech, woman speaking&-TCDqe327us&good&0&4",  # two events of one video
+        "Male speech, man speaking&-TCDqe327us&good&0&4",
+        "Church bell&VWi2ENBuTbw&good&0&0",  # the official files' one empty segment
+        "Church bell&2An2JMGMbbs&good&0&10",  # its mp4 is a text file here
+    ],
+    "valSet.txt": ["Church bell&Gavpgq1WWh4&good&0&2"],
+    "testSet.txt": [
+        "Bark&5KEPA_ORiVI&good&2&4",
+        "Female speech, woman speaking&0qvQIuQoODo&good&1&4",  # its video is also in train
+        "Bark&E_1Asfq8it4&good&0&3",  # listed, no file here
+        "Bark&broken",  # malformed
+    ],
+}
+
+
 def ave_tree(root: Path) -> Path:
-    """AVE_Dataset: ROOT/{Annotations,trainSet,valSet,testSet}.txt and ROOT/AVE/<id>.mp4, with
-    faces/video.mp4 (4.2 s, H.264 + AAC) as every clip. Besides three good clips: `vidBad`
-    (a text file named .mp4), `vidGone` (listed, no file) and one malformed line."""
+    """AVE_Dataset: ROOT/{Annotations,trainSet,valSet,testSet}.txt holding real annotation
+    lines (`AVE_LINES`: one video with two events in one split, one whose events are in two
+    splits, the empty segment) and ROOT/AVE/<VideoID>.mp4, faces/video.mp4 (4.2 s, H.264 +
+    AAC) standing in for every clip. Bad: 2An2JMGMbbs.mp4 is a text file, E_1Asfq8it4.mp4 is
+    missing, one line is malformed."""
     video = shared_data("faces", "video.mp4")
-    for vid in ("vidA", "vidB", "vidC"):
+    for vid in ("0qvQIuQoODo", "-TCDqe327us", "VWi2ENBuTbw", "Gavpgq1WWh4", "5KEPA_ORiVI"):
         link_or_copy(video, root / "AVE" / f"{vid}.mp4")
-    write_text(root / "AVE" / "vidBad.mp4", "not a video\n")
-    lines = {
-        "trainSet.txt": ["Church bell&vidA&good&0&2", "Bark&vidBad&good&0&3"],
-        "valSet.txt": ["Bark&vidB&good&1&3"],
-        "testSet.txt": ["Church bell&vidC&bad&2&4", "Bark&vidGone&good&0&2", "Bark&broken"],
-    }
+    write_text(root / "AVE" / "2An2JMGMbbs.mp4", "not a video\n")
     header = "Category&VideoID&Quality&StartTime&EndTime"
-    every = [ln for rows in lines.values() for ln in rows if ln.count("&") == 4]
-    write_text(
-        root / "Annotations.txt", "\n".join([header, *every, "Frying (food)&vidX&good&0&1"]) + "\n"
-    )
-    for name, rows in lines.items():
+    every = [ln for rows in AVE_LINES.values() for ln in rows if ln.count("&") == 4]
+    extra = "Frying (food)&AIs4gx9RVTs&good&6&10"  # a category with no clip here
+    write_text(root / "Annotations.txt", "\n".join([header, *every, extra]) + "\n")
+    for name, rows in AVE_LINES.items():
         write_text(root / name, "\n".join(rows) + "\n")
     return root
 
