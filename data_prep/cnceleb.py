@@ -3,11 +3,15 @@ singing, movie, vlog).
 
 Reads ROOT/data/idXXXXX/<genre>-<video>-<utt>.flac (split `dev` for the speakers in
 ROOT/dev/dev.lst, or all when that list is absent; `heldout` for the others), and the
-evaluation lists ROOT/eval/lists/enroll.lst (`<enroll-id> enroll/<file>`) and
-ROOT/eval/lists/trials.lst (`<enroll-id> test/<file> <0|1>`), whose files live under
-ROOT/eval/. Writes OUT/manifest.jsonl (ids `idXXXXX/<genre>-<video>-<utt>`,
-`enroll/<name>`, `test/<name>`), OUT/skipped.jsonl, and OUT/trials.txt in the VoxCeleb form
-`<1|0> <enroll record id> <test record id>` for the trials whose two files were kept.
+evaluation lists ROOT/eval/lists/enroll.lst (`id00800-enroll enroll/id00800-enroll.wav`) and
+ROOT/eval/lists/trials.lst (`id00800-enroll test/id00800-singing-01-005.wav 1`), whose files
+live under ROOT/eval/. The lists name `.wav` files while CN-Celeb_flac ships
+eval/enroll/*.flac and eval/test/*.flac: an entry is resolved by its folder and stem, to the
+file of that stem with any audio extension (the wespeaker and Kaldi CN-Celeb recipes do the
+same by rewriting the names). Writes OUT/manifest.jsonl (ids `idXXXXX/<genre>-<video>-<utt>`,
+`enroll/<stem>`, `test/<stem>`), OUT/skipped.jsonl, and OUT/trials.txt in the VoxCeleb form
+`<1|0> <enroll record id> <test record id>` for the trials whose two files were kept. Lists
+that keep no trial at all are an error (exit 1) naming the first entry that was not found.
 """
 
 from __future__ import annotations
@@ -91,6 +95,26 @@ def _data_tasks(root: Path, common: dict, skipped: list[Skipped]) -> list[Task]:
     return tasks
 
 
+def eval_files(eval_dir: Path) -> dict[str, Path]:
+    """`<folder>/<stem>` -> audio file, for the files of eval/enroll/ and eval/test/."""
+    return {
+        f"{folder}/{path.stem}": path
+        for folder in ("enroll", "test")
+        for path in reversed(files_under(eval_dir / folder, "*"))  # the first name wins
+        if path.suffix.lower() in AUDIO_EXTS
+    }
+
+
+def resolve_entry(eval_dir: Path, rel: str, files: dict[str, Path]) -> tuple[str, Path]:
+    """(record id `<folder>/<stem>`, audio file) of a list entry such as
+    `test/id00800-singing-01-005.wav`: the named file when it exists, else the file of the
+    same folder and stem with another audio extension (the .flac the corpus ships), else the
+    named path (reported missing later)."""
+    key = Path(rel).with_suffix("").as_posix()
+    named = eval_dir / rel
+    return key, named if named.is_file() else files.get(key, named)
+
+
 def _eval_tasks(root: Path, common: dict) -> tuple[list[Task], list[tuple[int, str, str]]]:
     """Tasks for the enroll and test files, and the trials as (label, enroll id, test id)."""
     lists = root / "eval" / "lists"
@@ -100,23 +124,24 @@ def _eval_tasks(root: Path, common: dict) -> tuple[list[Task], list[tuple[int, s
     if not (enroll_lst.is_file() and trials_lst.is_file()):
         raise DataError(f"{lists}: needs both enroll.lst and trials.lst (one is missing)")
     tasks, enroll_ids = {}, {}
+    files = eval_files(root / "eval")
     for enroll_id, rel in _read_list(enroll_lst, 2):
-        key = Path(rel).with_suffix("").as_posix()
+        key, audio = resolve_entry(root / "eval", rel, files)
         enroll_ids[enroll_id] = key
         params = {"split": "enroll", "speaker": enroll_id.split("-")[0]}
-        params |= {"audio": str(root / "eval" / rel), **common}
+        params |= {"audio": str(audio), **common}
         tasks[key] = Task(key, (params["audio"],), params)
     trials = []
     for n, (enroll_id, rel, label) in enumerate(_read_list(trials_lst, 3), 1):
         if label.lower() not in _LABELS or enroll_id not in enroll_ids:
             what = f"label {label!r}" if enroll_id in enroll_ids else f"enroll id {enroll_id!r}"
             raise DataError(f"{trials_lst}:{n}: unknown {what}")
-        key = Path(rel).with_suffix("").as_posix()
+        key, audio = resolve_entry(root / "eval", rel, files)
         trials.append((_LABELS[label.lower()], enroll_ids[enroll_id], key))
         if key not in tasks:
             speaker, _, rest = Path(rel).stem.partition("-")
             parsed = parse_name(rest)
-            params = {"split": "test", "speaker": speaker, "audio": str(root / "eval" / rel)}
+            params = {"split": "test", "speaker": speaker, "audio": str(audio)}
             if parsed:
                 genre, video, _ = parsed
                 params |= {"genre": genre, "video": f"{speaker}/{genre}-{video}"}
@@ -144,10 +169,19 @@ def prepare_cnceleb(opts: CNCelebOptions) -> PrepareResult:
     outcomes, reused = run_tasks("cnceleb", Path(opts.out), tasks, _worker, opts.workers)
     kept = {o.key for o in outcomes if o.record is not None}
     usable = [t for t in trials if t[1] in kept and t[2] in kept]
-    atomic_write_text(Path(opts.out) / TRIALS, "".join(f"{lab} {e} {t}\n" for lab, e, t in usable))
     extra = {
         "trials": len(usable),
         "trials_dropped": len(trials) - len(usable),
         "trials_file": str(Path(opts.out) / TRIALS),
     }
-    return finish("cnceleb", opts, outcomes, reused, started, skipped, extra)
+    result = finish("cnceleb", opts, outcomes, reused, started, skipped, extra)
+    if trials and not usable:
+        (Path(opts.out) / TRIALS).unlink(missing_ok=True)  # no stale list from an earlier run
+        lost = next(f for t in trials for f in t[1:] if f not in kept)
+        audio = next(t.params["audio"] for t in tasks if t.key == lost)
+        raise DataError(
+            f"{root / 'eval' / 'lists' / 'trials.lst'}: none of its {len(trials)} trials has "
+            f"both files kept (e.g. {lost}: {audio} was not read; see {result.skipped_file})"
+        )
+    atomic_write_text(Path(opts.out) / TRIALS, "".join(f"{lab} {e} {t}\n" for lab, e, t in usable))
+    return result

@@ -161,8 +161,11 @@ def add_bad_wavs(folder: Path, good_wav: Path, stereo_src: Path) -> dict[str, Pa
 
 
 def cnceleb_tree(root: Path) -> Path:
-    """CN-Celeb: ROOT/data/idXXXXX/<genre>-<video>-<utt>.flac, ROOT/dev/dev.lst, and
-    ROOT/eval/{enroll,test}/ with eval/lists/{enroll,trials}.lst (LibriSpeech flac files)."""
+    """CN-Celeb_flac: ROOT/data/idXXXXX/<genre>-<video>-<utt>.flac, ROOT/dev/dev.lst, and
+    ROOT/eval/{enroll,test}/*.flac with eval/lists/{enroll,trials}.lst in the real form:
+    the lists name `.wav` files (`id00800-enroll enroll/id00800-enroll.wav`,
+    `id00800-enroll test/id00800-singing-01-005.wav 1`) though the corpus ships `.flac`.
+    LibriSpeech flac files stand in for the audio; one trial names a test file that is absent."""
     files = list(librispeech_files(3, 2).values())
     genres = ("interview", "singing")
     for spk, flacs in zip(("id00000", "id00001"), files[:2], strict=True):
@@ -170,16 +173,16 @@ def cnceleb_tree(root: Path) -> Path:
             link_or_copy(flac, root / "data" / spk / f"{genre}-01-001.flac")
     (root / "dev").mkdir(parents=True)
     (root / "dev" / "dev.lst").write_text("id00000\n")
-    eval_spk = {"id00800": files[2], "id00801": files[0]}
+    eval_spk = {"id00800": (files[2], "singing-01-005"), "id00801": (files[0], "vlog-02-003")}
     enroll, trials = [], []
-    for spk, (first, second) in eval_spk.items():
+    for spk, ((first, second), test) in eval_spk.items():
         link_or_copy(first, root / "eval" / "enroll" / f"{spk}-enroll.flac")
-        link_or_copy(second, root / "eval" / "test" / f"{spk}-vlog-02-003.flac")
-        enroll.append(f"{spk}-enroll enroll/{spk}-enroll.flac")
+        link_or_copy(second, root / "eval" / "test" / f"{spk}-{test}.flac")
+        enroll.append(f"{spk}-enroll enroll/{spk}-enroll.wav")
     for e in eval_spk:
-        for t in eval_spk:
-            trials.append(f"{e}-enroll test/{t}-vlog-02-003.flac {int(e == t)}")
-    trials.append("id00800-enroll test/id00999-movie-01-001.flac 0")  # listed, file missing
+        for t, (_, test) in eval_spk.items():
+            trials.append(f"{e}-enroll test/{t}-{test}.wav {int(e == t)}")
+    trials.append("id00800-enroll test/id00999-movie-01-001.wav 0")  # listed, file missing
     (root / "eval" / "lists").mkdir(parents=True)
     (root / "eval" / "lists" / "enroll.lst").write_text("\n".join(enroll) + "\n")
     (root / "eval" / "lists" / "trials.lst").write_text("\n".join(trials) + "\n")
