@@ -1,6 +1,6 @@
 """NYU-Depth V2, labelled set (Silberman et al., ECCV 2012): paper B Sec. 4.2 / Table 4's
 RGB <-> depth semantic segmentation (1,449 aligned RGB-D images, 795 train / 654 test, 40
-classes).
+classes; `--classes 13` for the 13-class setting).
 
 Layout (what users download): ROOT/nyu_depth_v2_labeled.mat, a MATLAB v7.3 (HDF5) file read
 with h5py, whose datasets come in h5py's (transposed) axis order:
@@ -17,10 +17,15 @@ be MATLAB v5 (read with scipy.io.loadmat) or v7.3/HDF5 (h5py).
 Mapping structure assumed (that of the distributed `classMapping40.mat`): a numeric variable
 `mapClass` with one entry per raw class 1..M (M = 894), each the target class 1..K or 0
 (unmapped), and optionally a cell array `className` of the K class names (K = its length;
-without it K = max(mapClass)). Any file with that structure works, e.g. a 13-class mapping
-saved with the same variable names. Raw label 0 and classes mapped to 0 become 255 (ignore);
-class k becomes k - 1, so written labels are 0..K-1 or 255. A raw label above M skips the
-image (reported in OUT/skipped.jsonl).
+without it K = max(mapClass)). Any file with that structure works. Raw label 0 and classes
+mapped to 0 become 255 (ignore); class k becomes k - 1, so written labels are 0..K-1 or
+255. A raw label above M skips the image (reported in OUT/skipped.jsonl).
+
+13 classes (`--classes 13`; Couprie et al. 2013's setting, as in the SceneNet/"nyuv2-meta-
+data" files): the 40-class labels are mapped once more through `class13Mapping.mat`
+(`--mapping13`, default ROOT/class13Mapping.mat), whose real structure is a struct
+`classMapping13` with fields `labels13` (40 numbers: the 13-class number 1..13 of each of the
+40 classes, 0 = unmapped) and `classNames` (a cell of the 13 names: bed, books, ceiling, ...).
 
 Writes, per image number n (1-based, `%04d`): OUT/rgb/n.png (8-bit RGB), OUT/depth/n.png,
 OUT/label/n.png (8-bit, 0..K-1, 255 = ignore), OUT/classes.txt (`k<TAB>name`) and
@@ -58,6 +63,7 @@ from data_prep.common import (
 MAT = "nyu_depth_v2_labeled.mat"
 SPLITS = "splits.mat"
 MAPPING = "classMapping40.mat"
+MAPPING13 = "class13Mapping.mat"
 IGNORE = 255
 #: the names of the 40 classes of Gupta et al., used when a 40-class mapping has no className
 NYU40 = (
@@ -72,6 +78,12 @@ class NYUOptions(PrepareOptions):
     splits: Path | None = Field(None, description="splits.mat (default ROOT/splits.mat)")
     mapping: Path | None = Field(
         None, description="class mapping .mat (default ROOT/classMapping40.mat)"
+    )
+    classes: Literal[40, 13] = Field(
+        40, description="40 classes, or 13 through --mapping13 (class13Mapping.mat)"
+    )
+    mapping13: Path | None = Field(
+        None, description="class13Mapping.mat for --classes 13 (default ROOT/class13Mapping.mat)"
     )
     depth_encoding: Literal["mm16", "jet"] = Field(
         "mm16", description="mm16: 1-channel 16-bit millimetres; jet: 3-channel colour map"
@@ -140,6 +152,24 @@ def mat_strings(path: Path, name: str) -> list[str] | None:
     return None if value is None else [str(v) for v in np.atleast_1d(value)]
 
 
+def mat_struct_field(path: Path, struct: str, field: str) -> Any:
+    """Field `field` of the MATLAB struct `struct` (v5: a numpy record; v7.3: an HDF5 group);
+    v7.3 cells of strings come back as lists of str."""
+    if _is_h5(path):
+        f = open_h5(path)
+        if struct not in f or field not in f[struct]:
+            raise UsageError(f"{path}: has no struct `{struct}` with a field `{field}`")
+        node = f[struct][field]
+        if node.dtype.kind == "O":  # a cell: references to char arrays
+            return ["".join(map(chr, np.asarray(f[r]).ravel())) for r in np.asarray(node).ravel()]
+        return np.asarray(node)
+    value = _load_v5(path).get(struct)
+    names = getattr(getattr(value, "dtype", None), "names", None) or ()
+    if field not in names:
+        raise UsageError(f"{path}: has no struct `{struct}` with a field `{field}`")
+    return value[field].item() if value.ndim == 0 else value[field]
+
+
 # ------------------------------------------------------------------------ splits and mapping
 
 
@@ -182,6 +212,47 @@ def read_mapping(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
     return _mapping(str(path), path.stat().st_mtime_ns)
 
 
+@lru_cache(maxsize=4)
+def _mapping13(path: str, mtime_ns: int) -> tuple[np.ndarray, tuple[str, ...]]:
+    file = Path(path)
+    try:
+        labels = np.asarray(mat_struct_field(file, "classMapping13", "labels13"), np.float64)
+    except (TypeError, ValueError):
+        raise UsageError(f"{file}: `classMapping13.labels13` is not numeric") from None
+    names = [str(n) for n in np.atleast_1d(mat_struct_field(file, "classMapping13", "classNames"))]
+    labels = labels.ravel()
+    if labels.size != 40 or np.any(labels != np.round(labels)) or labels.min() < 0:
+        raise UsageError(
+            f"{file}: `classMapping13.labels13` must hold 40 class numbers (one per NYU-40 "
+            f"class), got {labels.size} values"
+        )
+    if labels.max() > len(names):
+        raise UsageError(
+            f"{file}: `labels13` reaches {int(labels.max())} but `classNames` has {len(names)}"
+        )
+    table = np.full(IGNORE + 1, IGNORE, dtype=np.uint8)  # 40-class index (or 255) -> 13
+    table[:40] = np.where(labels > 0, labels - 1, IGNORE).astype(np.uint8)
+    return table, tuple(names)
+
+
+def read_mapping13(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(40-class index or 255 -> 13-class index or 255 table of 256 entries, the 13 names)
+    of a `class13Mapping.mat`."""
+    return _mapping13(str(path), path.stat().st_mtime_ns)
+
+
+def class_lut(mapping: Path, mapping13: Path | None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(raw label -> class index or 255, class names): through `mapping` (40 classes), then
+    through `mapping13` when given."""
+    lut, names = read_mapping(mapping)
+    if mapping13 is None:
+        return lut, names
+    if len(names) != 40:
+        raise UsageError(f"--classes 13: {mapping} maps to {len(names)} classes, not NYU's 40")
+    table, names13 = read_mapping13(mapping13)
+    return table[lut], names13
+
+
 # ----------------------------------------------------------------------------- the images
 
 
@@ -222,7 +293,7 @@ def _worker(task: Task) -> Outcome:
     p = task.params
     mat, out, i = Path(p["mat"]), Path(p["out"]), p["index"]
     f = open_h5(mat)
-    lut, _ = read_mapping(Path(p["mapping"]))
+    lut, _ = class_lut(Path(p["mapping"]), p["mapping13"] and Path(p["mapping13"]))
     raw = np.asarray(f["labels"][i]).T
     if raw.max(initial=0) >= len(lut):
         raise DataError(
@@ -268,26 +339,31 @@ def _existing(path: Path, option: str) -> Path:
     "nyu-depth-v2",
     NYUOptions,
     "Read NYU-Depth V2's labelled set (ROOT/nyu_depth_v2_labeled.mat, splits.mat, "
-    "classMapping40.mat); write OUT/{rgb,depth,label}/NNNN.png, OUT/classes.txt, "
+    "classMapping40.mat [+ class13Mapping.mat with --classes 13]); write "
+    "OUT/{rgb,depth,label}/NNNN.png, OUT/classes.txt, "
     "OUT/manifest.jsonl, OUT/skipped.jsonl.",
 )
 def prepare_nyu_depth_v2(opts: NYUOptions) -> PrepareResult:
-    """The labelled .mat -> one RGB, depth and 40-class label PNG per image of the split."""
+    """The labelled .mat -> one RGB, depth and 40- (or 13-) class label PNG per image."""
     started = time.perf_counter()
     root = require_dir(opts.root, "--root")
     mat = _existing(root / MAT, "--root")
     splits = _existing(opts.splits or root / SPLITS, "--splits")
     mapping = _existing(opts.mapping or root / MAPPING, "--mapping")
+    mapping13 = None
+    if opts.classes == 13:
+        mapping13 = _existing(opts.mapping13 or root / MAPPING13, "--mapping13")
     n = _layout(mat)
     split_of = read_splits(splits, n)
-    _, names = read_mapping(mapping)
+    _, names = class_lut(mapping, mapping13)
     tasks = [
         Task(
             f"{i + 1:04d}",
-            (str(mat), str(splits), str(mapping)),
+            tuple(str(f) for f in (mat, splits, mapping, mapping13) if f is not None),
             {
                 "mat": str(mat),
                 "mapping": str(mapping),
+                "mapping13": mapping13 and str(mapping13),
                 "index": i,
                 "split": split,
                 "encoding": opts.depth_encoding,

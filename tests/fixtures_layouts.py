@@ -458,11 +458,12 @@ def _stamp_matlab73(path: Path) -> None:
         fh.write(header)
 
 
-def _h5_cellstr(f, name: str, strings: list[str]) -> None:
-    """A MATLAB v7.3 1xK cell of char arrays: object references into `#refs#` (uint16)."""
+def _h5_cellstr(f, name: str, strings: list[str], refs_in=None) -> None:
+    """A MATLAB v7.3 1xK cell of char arrays: object references into `#refs#` (uint16) of the
+    file (`refs_in`, when `f` is a group inside it)."""
     import h5py
 
-    refs = f.require_group("#refs#")
+    refs = (refs_in if refs_in is not None else f).require_group("#refs#")
     out = f.create_dataset(name, (len(strings), 1), dtype=h5py.ref_dtype)
     for k, text in enumerate(strings):
         d = refs.create_dataset(f"{name}_{k}", data=np.array([[ord(c)] for c in text], np.uint16))
@@ -502,6 +503,38 @@ def nyu_mapping() -> tuple[np.ndarray, list[str]]:
     return mapping, list(NYU40)
 
 
+#: the real class13Mapping.mat (struct `classMapping13`): NYU-40 class k -> 13-class number
+NYU13_LABELS = (12, 5, 6, 1, 4, 9, 10, 12, 13, 6, 8, 6, 13, 10, 6, 13, 6, 7, 7, 5)
+NYU13_LABELS += (7, 3, 2, 6, 11, 7, 7, 7, 7, 7, 7, 6, 7, 7, 7, 7, 7, 7, 6, 7)
+NYU13_NAMES = (
+    "bed books ceiling chair floor furniture objects picture sofa table tv wall window".split()
+)
+
+
+def write_class13_mapping(path: Path, v73: bool = False) -> Path:
+    """class13Mapping.mat in its real structure: a struct `classMapping13` with `labels13`
+    (1x40 uint8) and `classNames` (1x13 cell of char), MATLAB v5 as distributed (v7.3 on
+    request: an HDF5 group)."""
+    import scipy.io
+
+    labels = np.array([NYU13_LABELS], dtype=np.uint8)
+    if v73:
+        with _matlab73(path) as f:
+            group = f.create_group("classMapping13")
+            group.attrs["MATLAB_class"] = np.bytes_("struct")
+            group.create_dataset("labels13", data=labels.T).attrs["MATLAB_class"] = np.bytes_(
+                "uint8"
+            )
+            _h5_cellstr(group, "classNames", list(NYU13_NAMES), refs_in=f)
+        _stamp_matlab73(path)
+        return path
+    names = np.empty((1, len(NYU13_NAMES)), dtype=object)
+    names[0, :] = NYU13_NAMES
+    struct = {"labels13": labels, "classNames": names}
+    scipy.io.savemat(fresh_path(path), {"classMapping13": struct})
+    return path
+
+
 def nyu_depth_v2_tree(
     root: Path,
     train: tuple[int, ...] = (1, 2, 3, 4),
@@ -514,8 +547,9 @@ def nyu_depth_v2_tree(
     metres, `labels` [N, W, H] uint16) with N = len(train) + len(test) REAL photos of
     ../shared/data/faces resized to 64 x 48 as the RGB images; the depths (a ramp with a
     per-image offset) and the labels (`nyu_raw_labels`) are MADE UP, not NYU's. Also
-    ROOT/splits.mat (MATLAB v5: `trainNdxs`, `testNdxs`, 1-based) and ROOT/classMapping40.mat
-    (`mapClass`, `className` of `nyu_mapping`; v7.3 unless `mapping_v73` is false, then v5).
+    ROOT/splits.mat (MATLAB v5: `trainNdxs`, `testNdxs`, 1-based), ROOT/classMapping40.mat
+    (`mapClass`, `className` of `nyu_mapping`; v7.3 unless `mapping_v73` is false, then v5)
+    and ROOT/class13Mapping.mat (the real one, `write_class13_mapping`).
     `bad_label`: that image (1-based) gets a raw label 900, outside the mapping."""
     import scipy.io
     from PIL import Image
@@ -560,4 +594,5 @@ def nyu_depth_v2_tree(
         cells = np.empty((1, len(names)), dtype=object)
         cells[0, :] = names
         scipy.io.savemat(fresh_path(map_path), {"mapClass": mapping[None, :], "className": cells})
+    write_class13_mapping(root / "class13Mapping.mat")
     return root

@@ -16,7 +16,15 @@ from PIL import Image
 from cmkd_cli.data.manifest import read_classes, read_manifest, resolve
 from cmkd_cli.errors import UsageError
 from data_prep.nyu_depth_v2 import NYU40, NYUOptions, jet, prepare_nyu_depth_v2
-from tests.fixtures_layouts import nyu_depth_v2_tree, nyu_mapping, nyu_raw_labels, skip_reasons
+from tests.fixtures_layouts import (
+    NYU13_LABELS,
+    NYU13_NAMES,
+    nyu_depth_v2_tree,
+    nyu_mapping,
+    nyu_raw_labels,
+    skip_reasons,
+    write_class13_mapping,
+)
 
 
 def expected_labels(index: int) -> np.ndarray:
@@ -87,6 +95,37 @@ def test_v5_mapping_and_jet_depth(tmp_path: Path) -> None:
     assert jet(np.array([0.0, 0.5, 1.0])).tolist() == [[0, 0, 128], [128, 255, 128], [128, 0, 0]]
 
 
+def expected_labels13(index: int) -> np.ndarray:
+    """The 13-class map: the 40-class map through the real labels13 (1-based), by hand."""
+    forty = expected_labels(index)
+    out = np.full(forty.shape, 255)
+    keep = forty != 255
+    out[keep] = np.array(NYU13_LABELS)[forty[keep]] - 1
+    return out
+
+
+@pytest.mark.parametrize("v73", [False, True])
+def test_13_classes_through_the_real_class13mapping(tmp_path: Path, v73: bool) -> None:
+    root = nyu_depth_v2_tree(tmp_path / "nyu")
+    real = scipy.io.loadmat(root / "class13Mapping.mat")["classMapping13"]
+    assert real.dtype.names == ("labels13", "classNames") and real[0, 0][0].shape == (1, 40)
+    if v73:
+        write_class13_mapping(root / "class13Mapping.mat", v73=True)
+    out = tmp_path / "out"
+    res = prepare(root, out, classes=13)
+    assert res.extra["classes"] == 13
+    assert read_classes(out) == [(str(k), n) for k, n in enumerate(NYU13_NAMES)]
+    for r in read_manifest(out):
+        label = np.asarray(Image.open(resolve(out, r.model_extra["label_map"])))
+        np.testing.assert_array_equal(label, expected_labels13(int(r.id) - 1))
+    assert (expected_labels13(0) < 13).any() and (expected_labels13(0) == 255).any()
+    # as a 40-class mapping the struct file is refused with the reason
+    with pytest.raises(UsageError, match=r"class13Mapping\.mat: has no variable `mapClass`"):
+        prepare(root, tmp_path / "o40", mapping=root / "class13Mapping.mat")
+    with pytest.raises(UsageError, match=r"--mapping13 .*nowhere\.mat: file does not exist"):
+        prepare(root, tmp_path / "o13", classes=13, mapping13=tmp_path / "nowhere.mat")
+
+
 def test_missing_or_wrong_files_are_one_sentence(tmp_path: Path) -> None:
     root = nyu_depth_v2_tree(tmp_path / "nyu")
     with pytest.raises(UsageError, match=r"--mapping .*nowhere\.mat: file does not exist"):
@@ -110,5 +149,10 @@ def test_prepare_cli_exit_code_and_json(cli, tmp_path: Path) -> None:
     res = cli("--json", "prepare", "nyu-depth-v2", "--root", root, "--out", tmp_path / "out")
     assert res.code == 0, res.stderr
     assert res.json()["records"] == 6 and res.json()["splits"] == {"test": 2, "train": 4}
+    args = ("prepare", "nyu-depth-v2", "--root", root, "--out", tmp_path / "o13")
+    res13 = cli("--json", *args, "--classes", "13")
+    assert res13.code == 0, res13.stderr
+    assert res13.json()["extra"]["classes"] == 13
+    assert cli(*args, "--classes", "20").code == 2
     bad = cli("prepare", "nyu-depth-v2", "--root", tmp_path / "missing", "--out", tmp_path / "o")
     assert bad.code == 2 and "--root" in bad.stderr and "does not exist" in bad.stderr
