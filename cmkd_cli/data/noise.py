@@ -4,7 +4,11 @@ Eq. 13: Δdb = db_audio - db_noise. `mix_at_snr` scales the noise so that the cl
 power over the added noise power is exactly Δdb decibels: 10·log10(P_speech / P_noise) = Δdb,
 with the noise looped or cropped to the speech's length. `NoiseBank` picks, for each
 utterance id, one MUSAN file and a start offset from a generator seeded only by
-(seed, utterance id), so both sides of every trial get the same noise in every run.
+(seed, utterance id), so both sides of every trial get the same noise in every run. The
+files are ordered by their key, the path relative to the MUSAN root without extension
+(`noise/free-sound/noise-free-sound-0001`, the record id `cmkd prepare musan` writes), never
+by the full path: the same MUSAN given as its root, as an absolute or as a relative manifest
+path, on any machine, gives every utterance the same file and offset.
 """
 
 from __future__ import annotations
@@ -54,8 +58,10 @@ def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarr
 
 @dataclass(frozen=True)
 class NoiseChoice:
-    """The noise file and start sample that an utterance id maps to."""
+    """The noise file (its key relative to the MUSAN root, and where it is read from) and the
+    start sample that an utterance id maps to."""
 
+    key: str
     path: str
     offset: int
 
@@ -64,7 +70,9 @@ class NoiseBank:
     """MUSAN noise files of `categories`, one reproducible segment per utterance id.
 
     `source` is a manifest from `cmkd prepare musan` (the file or its folder; records with a
-    `category`), or a raw MUSAN root holding `<category>/**/*.{wav,flac,ogg}`.
+    `category`, keyed by record id), or a raw MUSAN root holding
+    `<category>/**/*.{wav,flac,ogg}` (keyed by path relative to the root, without extension).
+    `files` are the paths in key order, `keys` their keys.
     """
 
     def __init__(
@@ -79,7 +87,9 @@ class NoiseBank:
         self.seed = seed
         self.sample_rate = sample_rate
         self.cache_size = cache_size
-        self.files = _noise_files(Path(source), self.categories)
+        keyed = _noise_files(Path(source), self.categories)
+        self.keys = [key for key, _ in keyed]
+        self.files = [path for _, path in keyed]
         if not self.files:
             raise DataError(f"{source}: no noise files of categories {list(self.categories)}")
         self._load = lru_cache(maxsize=cache_size)(self._load_uncached)
@@ -96,9 +106,9 @@ class NoiseBank:
         """
         rng = np.random.default_rng(stable_seed(self.seed, utt_id))
         for _ in range(MAX_DRAWS):
-            path = self.files[int(rng.integers(len(self.files)))]
-            audio = self._load(path)
-            choice = NoiseChoice(path, int(rng.integers(len(audio))))
+            k = int(rng.integers(len(self.files)))
+            audio = self._load(self.files[k])
+            choice = NoiseChoice(self.keys[k], self.files[k], int(rng.integers(len(audio))))
             noise = loop_to_length(audio, n_samples, choice.offset)
             if power(noise) > MIN_NOISE_POWER:
                 return noise, choice
@@ -120,19 +130,20 @@ class NoiseBank:
         self._load = lru_cache(maxsize=self.cache_size)(self._load_uncached)
 
 
-def _noise_files(source: Path, categories: tuple[str, ...]) -> list[str]:
-    """Sorted audio paths of `categories` from a musan manifest or a raw MUSAN folder."""
+def _noise_files(source: Path, categories: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(key, audio path) of the files of `categories`, sorted by key: record ids of a musan
+    manifest, or paths relative to a raw MUSAN folder without their extension."""
     if source.is_file() or (source / MANIFEST).is_file():
         records = read_manifest(source)
         return sorted(
-            str(resolve(source, r.audio))
+            (r.id, str(resolve(source, r.audio)))
             for r in records
             if r.audio and (getattr(r, "category", None) or r.label) in categories
         )
     if not source.is_dir():
         raise DataError(f"{source}: neither a musan manifest nor a MUSAN folder")
     return sorted(
-        str(p)
+        (p.relative_to(source).with_suffix("").as_posix(), str(p))
         for c in categories
         for p in (source / c).rglob("*")
         if p.is_file() and p.suffix.lower() in AUDIO_EXTS

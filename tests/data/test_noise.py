@@ -51,6 +51,7 @@ def test_noise_bank_segments_are_seeded_by_utterance_id(tmp_path: Path) -> None:
     fresh = NoiseBank(root, categories=("noise",), seed=7)
     seg2, choice2 = fresh.segment(ids[0], 100000)
     assert choice == choice2 and len(seg) == 100000
+    assert choice.key.startswith("noise/free-sound/") and not choice.key.endswith(".wav")
     np.testing.assert_array_equal(seg, seg2)
     assert NoiseBank(root, categories=("noise",), seed=8).segment(ids[0], 100000)[1] != choice
     speech, _ = load_audio(shared_data("librispeech-test-other", "1688", "1688-142285-0002.flac"))
@@ -69,3 +70,33 @@ def test_noise_bank_reads_a_prepared_musan_manifest(tmp_path: Path) -> None:
     assert all(str(tmp_path / "out" / "wav") in f for f in bank.files)  # the 16 kHz copies
     with pytest.raises(DataError, match="no noise files of categories"):
         NoiseBank(tmp_path / "out", categories=("music",))
+
+
+def test_noise_is_the_same_however_musan_is_given(tmp_path: Path, monkeypatch) -> None:
+    """Root, absolute manifest, relative manifest: one file and offset per utterance.
+
+    musan-mini's noise/ holds 16 kHz files (used in place: absolute paths in the manifest)
+    and 44.1 kHz ESC-50 clips (converted: paths relative to the manifest), so ordering the
+    files by the path they are read from would put them in another order for each spelling.
+    """
+    from data_prep.musan import MusanOptions, prepare_musan
+
+    root = shared_data("musan-mini")
+    out = tmp_path / "musan"
+    prepare_musan(MusanOptions(root=root, out=out, workers=1, categories=["noise"]))
+    monkeypatch.chdir(tmp_path)
+    banks = [
+        NoiseBank(root),
+        NoiseBank(out / "manifest.jsonl"),
+        NoiseBank(Path("musan") / "manifest.jsonl"),
+    ]
+    assert not Path(banks[2].files[0]).is_absolute() or not Path(banks[2].files[-1]).is_absolute()
+    assert banks[0].keys == banks[1].keys == banks[2].keys
+    assert banks[0].keys[0] == "noise/free-sound/1-100032-A-0"
+    ids = [f"id10270/vid/{k:05d}" for k in range(24)]
+    for uid in ids:
+        (a, ca), (b, cb), (c, cc) = (bank.segment(uid, 8000) for bank in banks)
+        assert (ca.key, ca.offset) == (cb.key, cb.offset) == (cc.key, cc.offset), uid
+        np.testing.assert_array_equal(b, c)  # the same prepared file
+        np.testing.assert_allclose(np.clip(a, -1, 1), b, atol=1e-4)  # 16-bit wav: rounded, clipped
+    assert len({bank.segment(uid, 8000)[1].key for uid in ids for bank in banks[:1]}) > 3
