@@ -93,12 +93,17 @@ class ResNetSE34(nn.Module):
     """The speaker backbone: fbank `[B, T, n_mels]` or `[B, 1, n_mels, T]` -> `[B, embed_dim]`."""
 
     def __init__(
-        self, widths: tuple[int, ...], n_mels: int, embed_dim: int, input_norm: bool
+        self,
+        widths: tuple[int, ...],
+        n_mels: int,
+        embed_dim: int,
+        input_norm: bool,
+        stem_bias: bool = False,
     ) -> None:
         super().__init__()
         self.n_mels = n_mels
         self.input_norm = nn.InstanceNorm1d(n_mels) if input_norm else nn.Identity()
-        self.conv1 = nn.Conv2d(1, widths[0], 3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(1, widths[0], 3, stride=1, padding=1, bias=stem_bias)
         self.relu = nn.ReLU(inplace=True)
         self.bn1 = nn.BatchNorm2d(widths[0])
         inplanes = widths[0]
@@ -142,12 +147,16 @@ def resnet34_asp(
     n_mels: int = 40,
     embed_dim: int = 512,
     input_norm: bool = True,
+    stem_bias: bool = False,
 ) -> StagedClassifier:
     """ResNet-34 + ASP speaker encoder; `width` quarter|half|full sets the stage channels.
 
-    `input_norm` normalises each mel bin over time per utterance (voxceleb_trainer's
-    InstanceNorm1d). Logits come from a linear head when `num_classes` is given (the AP+CE
-    speaker loss uses both outputs).
+    `input_norm` normalises each mel bin over time per crop (voxceleb_trainer's
+    InstanceNorm1d). `stem_bias` gives the first 3x3 conv a bias as ResNetSE34V2 has (with
+    conv -> ReLU -> BN the BN does not absorb it: `width[0]` more parameters); it defaults
+    to off so checkpoints saved before the option load unchanged, and paper A's recipes
+    (`vox2-baseline` and those extending it) set it. Logits come from a linear head when
+    `num_classes` is given (the AP+CE speaker loss uses both outputs).
     """
     if width not in WIDTHS:
         raise UsageError(
@@ -155,7 +164,7 @@ def resnet34_asp(
         )
     if n_mels < 1:
         raise UsageError(f"model.params.n_mels: must be at least 1, got {n_mels}")
-    backbone = ResNetSE34(WIDTHS[width], n_mels, embed_dim, input_norm)
+    backbone = ResNetSE34(WIDTHS[width], n_mels, embed_dim, input_norm, stem_bias)
     return StagedClassifier(
         backbone,
         embed_dim,

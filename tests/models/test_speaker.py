@@ -81,3 +81,42 @@ def test_partial_tuning_covers_last_stage_pooling_and_heads():
     bb = model.backbone
     assert top == [bb.layer4, bb.pool, bb.fc, model.head]
     assert model.stage_paths == [f"backbone.layer{i}" for i in range(1, 5)]
+
+
+def test_stem_bias_as_resnetse34v2():
+    """With `stem_bias` the parameter count is ResNetSE34V2's (nOut 512, ASP, 40 mels: 7,044,684,
+    counted from clovaai/voxceleb_trainer f51bab8); without it 32 fewer (old checkpoints)."""
+    ref = resnet34_asp(num_classes=None, width="half", stem_bias=True).backbone
+    assert ref.conv1.bias is not None and ref.conv1.bias.shape == (32,)
+    assert sum(p.numel() for p in ref.parameters()) == 7_044_684
+    old = resnet34_asp(num_classes=None, width="half")
+    assert old.backbone.conv1.bias is None
+    assert sum(p.numel() for p in old.backbone.parameters()) == 7_044_684 - 32
+
+
+def test_stem_bias_is_not_absorbed_by_the_batch_norm():
+    """conv -> ReLU -> BN: in training (batch statistics) the BN would cancel a bias added
+    right before it, but the ReLU in between sees the bias, so the stem output changes."""
+    torch.manual_seed(0)
+    net = resnet34_asp(num_classes=None, width="quarter", stem_bias=True).backbone.train()
+    x = net.to_image(torch.randn(2, 30, 40))
+
+    def stem() -> torch.Tensor:
+        return net.bn1(net.relu(net.conv1(x)))
+
+    with torch.no_grad():
+        net.conv1.bias.zero_()
+        before = stem()
+        net.conv1.bias.fill_(0.5)
+        after = stem()
+        absorbed = net.bn1(net.conv1(x)) - net.bn1(net.conv1(x) - 0.5)  # BN right after conv
+    assert (after - before).abs().max() > 0.1
+    assert absorbed.abs().max() < 1e-4
+
+
+def test_checkpoint_without_stem_bias_loads_into_the_default_model():
+    saved = resnet34_asp(num_classes=4, width="quarter").state_dict()
+    assert "backbone.conv1.bias" not in saved
+    resnet34_asp(num_classes=4, width="quarter").load_state_dict(saved)  # strict
+    with pytest.raises(RuntimeError, match="conv1.bias"):
+        resnet34_asp(num_classes=4, width="quarter", stem_bias=True).load_state_dict(saved)
