@@ -187,10 +187,24 @@ def extract_fbank(
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="processes (default min(4, CPUs))")
     ] = None,
+    frontend: Annotated[
+        str,
+        typer.Option(
+            "--frontend",
+            help="kaldi (compute-fbank-feats) or voxceleb_trainer (ResNetSE34V2's "
+            "MelSpectrogram: pre-emphasis, hamming, centred frames, log(x+1e-6))",
+        ),
+    ] = "kaldi",
     n_mels: Annotated[int, typer.Option("--n-mels", min=1, help="mel bands")] = 40,
     cmn: Annotated[
-        bool, typer.Option("--cmn/--no-cmn", help="per-utterance mean normalisation")
-    ] = True,
+        bool | None,
+        typer.Option(
+            "--cmn/--no-cmn",
+            help="per-utterance mean normalisation (default: on for kaldi, off for "
+            "voxceleb_trainer)",
+            show_default=False,
+        ),
+    ] = None,
     dither: Annotated[float, typer.Option("--dither", min=0, help="Kaldi dither")] = 0.0,
     dtype: Annotated[str, typer.Option("--dtype", help="float16 or float32")] = "float16",
     shard_size: Annotated[int, typer.Option("--shard-size", help="utterances per shard")] = 1000,
@@ -198,7 +212,7 @@ def extract_fbank(
         bool, typer.Option("--overwrite", help="recompute a store made with another config")
     ] = False,
 ) -> None:
-    """Compute Kaldi log-mel fbanks (25 ms window, 10 ms step) of every manifest record.
+    """Compute log-mel fbanks (25 ms window, 10 ms step) of every manifest record.
 
     Reads the manifest's audio. Writes OUT/shard-NNNNN.npy (frames of many utterances),
     OUT/shard-NNNNN.jsonl, OUT/index.jsonl (id -> shard, offset, n_frames), OUT/config.json
@@ -215,9 +229,10 @@ def extract_fbank(
         n_mels,
         cmn,
         dither,
-        dtype,
+        dtype,  # type: ignore[arg-type]
         shard_size,
-        overwrite,  # type: ignore[arg-type]
+        overwrite,
+        frontend,
     )
     console.emit(result, stage.render(result))
 
@@ -242,6 +257,25 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto|cpu|cuda")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="utterances per forward pass")]
 CropsOpt = Annotated[int, typer.Option("--crops", help="evenly spaced crops per utterance")]
 CropSecondsOpt = Annotated[float, typer.Option("--crop-seconds", help="length of each crop")]
+ScoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--score",
+        help="cosine (mean crop-pair cosine) or distance (minus the mean distance of the "
+        "normalised crops, voxceleb_trainer's); default: the recipe's task_params.score",
+        show_default=False,
+    ),
+]
+PTargetOpt = Annotated[
+    float | None,
+    typer.Option("--p-target", help="minDCF target prior (default: the recipe's, else 0.01)"),
+]
+CMissOpt = Annotated[
+    float | None, typer.Option("--c-miss", help="minDCF cost of a miss (default 1)")
+]
+CFaOpt = Annotated[
+    float | None, typer.Option("--c-fa", help="minDCF cost of a false alarm (default 1)")
+]
 
 
 def _eval(
@@ -260,6 +294,10 @@ def _eval(
     batch_size: BatchOpt = 8,
     crops: CropsOpt = 10,
     crop_seconds: CropSecondsOpt = 4.0,
+    score: ScoreOpt = None,
+    p_target: PTargetOpt = None,
+    c_miss: CMissOpt = None,
+    c_fa: CFaOpt = None,
 ) -> None:
     """Evaluate a student checkpoint without its teacher.
 
@@ -284,6 +322,10 @@ def _eval(
         batch_size,
         crops,
         crop_seconds,
+        score,
+        p_target,
+        c_miss,
+        c_fa,
     )
     console.emit(result, stage.render(result))
 
@@ -308,6 +350,10 @@ def noise_test(
     batch_size: BatchOpt = 8,
     crops: CropsOpt = 10,
     crop_seconds: CropSecondsOpt = 4.0,
+    score: ScoreOpt = None,
+    p_target: PTargetOpt = None,
+    c_miss: CMissOpt = None,
+    c_fa: CFaOpt = None,
 ) -> None:
     """EER per noise level (paper A Table 1): clean, then MUSAN noise at each --snr.
 
@@ -331,6 +377,10 @@ def noise_test(
         batch_size,
         crops,
         crop_seconds,
+        score,
+        p_target,
+        c_miss,
+        c_fa,
     )
     console.emit(result, stage.render(result))
 

@@ -59,14 +59,20 @@ class DataBundle:
     teacher_static: bool = False
     #: evaluation split on the teacher's modality (its items carry `t`), for train-teacher
     teacher_val: KeyedDataset | None = None
+    #: how the student's input features were computed (speaker: the fbank store's
+    #: FbankConfig), so evaluation computes the same ones from audio
+    features: dict[str, Any] | None = None
 
     def spec(self) -> dict[str, Any]:
         """What models and methods need to know of the data (also stored in checkpoints)."""
-        return {
+        spec = {
             "num_classes": self.num_classes,
             "class_names": list(self.class_names),
             "n_train": len(self.train),
         }
+        if self.features is not None:
+            spec["features"] = dict(self.features)
+        return spec
 
 
 def build_data(cfg: DataConfig) -> DataBundle:

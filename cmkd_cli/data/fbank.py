@@ -1,8 +1,19 @@
 """Log-mel filterbank features and their sharded, memory-mapped store.
 
-Paper A Sec. 4.1.1: 40-dimensional Fbank with a 25 ms window and a 10 ms step, computed by
-`torchaudio.compliance.kaldi.fbank` (Kaldi's compute-fbank-feats; samples scaled to the
-int16 range as Kaldi reads them), optionally mean-normalised per utterance (CMN).
+Paper A Sec. 4.1.1: 40-dimensional Fbank with a 25 ms window and a 10 ms step. Two
+front-ends compute it (`FbankConfig.frontend`):
+
+* `kaldi` (default; every store made before the option): `torchaudio.compliance.kaldi.fbank`
+  (Kaldi's compute-fbank-feats: samples scaled to the int16 range, DC removal, per-frame
+  pre-emphasis 0.97, povey window, 20 Hz low cut, `snip_edges`: `1 + (N - win) // hop`
+  frames), optionally mean-normalised per utterance (CMN).
+* `voxceleb_trainer`: the front-end of clovaai/voxceleb_trainer's ResNetSE34V2, the
+  setup paper A trains in: whole-signal pre-emphasis `y[n] = x[n] - 0.97 x[n-1]` (the first
+  sample against a reflected `x[1]`) of the [-1, 1] samples soundfile reads, a power
+  `MelSpectrogram` (n_fft 512, hamming window 400, hop 160, f_min 0, f_max sr/2, HTK mel,
+  no filter normalisation, centred framing with reflect padding: `1 + N // hop` frames),
+  then `log(x + 1e-6)`; no CMN, since the model's InstanceNorm normalises each crop (the
+  reference applies it in the model as well: `resnet34_asp(input_norm=True)`).
 
 Store layout (written by `cmkd extract-fbank`, read by `FbankStore`):
     OUT/config.json            the FbankConfig used (a different one is refused)
@@ -15,6 +26,7 @@ Store layout (written by `cmkd extract-fbank`, read by `FbankStore`):
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -25,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torchaudio.compliance.kaldi as kaldi
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from cmkd_cli.data.audio import load_audio, stable_seed
 from cmkd_cli.errors import DataError, UsageError
@@ -38,16 +50,43 @@ WAVE_SCALE = 32768.0  # Kaldi computes features of int16-valued samples
 _SHARD = re.compile(r"^shard-(\d{5,})\.(npy|jsonl)$")
 
 
+Frontend = Literal["kaldi", "voxceleb_trainer"]
+FRONTENDS: tuple[str, ...] = ("kaldi", "voxceleb_trainer")
+PRE_EMPHASIS = 0.97  # voxceleb_trainer's PreEmphasis coefficient
+LOG_FLOOR = 1e-6  # voxceleb_trainer: log(mel + 1e-6)
+
+
 class FbankConfig(StrictModel):
     """Feature settings; stored with the features so a store is never mixed."""
 
+    frontend: Frontend = Field(
+        "kaldi", description="kaldi (compute-fbank-feats) or voxceleb_trainer (ResNetSE34V2's)"
+    )
     n_mels: int = Field(40, ge=1, description="mel bands (paper A: 40)")
     frame_length_ms: float = Field(25.0, gt=0)
     frame_shift_ms: float = Field(10.0, gt=0)
     sample_rate: int = Field(16000, gt=0)
-    cmn: bool = Field(True, description="subtract each utterance's mean over time")
+    cmn: bool = Field(
+        True,
+        description="subtract each utterance's mean over time (default: on for kaldi, off "
+        "for voxceleb_trainer, whose model normalises each crop instead)",
+    )
     dither: float = Field(0.0, ge=0, description="Kaldi dither; seeded per utterance id")
     dtype: Literal["float16", "float32"] = "float16"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _frontend_defaults(cls, data: Any) -> Any:
+        """`cmn` left out (or None) takes the front-end's default."""
+        if isinstance(data, dict) and data.get("cmn") is None:
+            data = {**data, "cmn": data.get("frontend", "kaldi") == "kaldi"}
+        return data
+
+    @model_validator(mode="after")
+    def _no_dither_for_voxceleb_trainer(self) -> FbankConfig:
+        if self.frontend == "voxceleb_trainer" and self.dither > 0:
+            raise ValueError("dither: the voxceleb_trainer front-end has no dither (use 0)")
+        return self
 
     @property
     def window(self) -> int:
@@ -57,21 +96,101 @@ class FbankConfig(StrictModel):
     def shift(self) -> int:
         return int(self.sample_rate * self.frame_shift_ms / 1000)
 
+    @property
+    def n_fft(self) -> int:
+        """FFT size: the window rounded up to a power of two (400 -> 512), in both front-ends."""
+        return 1 << (self.window - 1).bit_length()
+
+    def same_features(self, other: FbankConfig) -> bool:
+        """Whether a model trained on one store's features may read the other's (storage
+        dtype, dither and CMN aside: the speaker model normalises each crop itself)."""
+        keys = ("frontend", "n_mels", "frame_length_ms", "frame_shift_ms", "sample_rate")
+        return all(getattr(self, k) == getattr(other, k) for k in keys)
+
+    def describe(self) -> str:
+        return f"{self.frontend} front-end, {self.n_mels} mels"
+
 
 def n_frames(n_samples: int, cfg: FbankConfig) -> int:
-    """Frames Kaldi produces for `n_samples` (snip-edges): 1 + (N - window) // shift."""
-    return 0 if n_samples < cfg.window else 1 + (n_samples - cfg.window) // cfg.shift
+    """Frames of `n_samples` (0 when shorter than one window): kaldi (snip-edges)
+    `1 + (N - window) // shift`; voxceleb_trainer (centred) `1 + N // shift`."""
+    if n_samples < cfg.window:
+        return 0
+    if cfg.frontend == "voxceleb_trainer":
+        return 1 + n_samples // cfg.shift
+    return 1 + (n_samples - cfg.window) // cfg.shift
+
+
+def crop_frames(seconds: float, cfg: FbankConfig) -> int:
+    """Frames of a `seconds` crop, counted as voxceleb_trainer cuts it: `F` nominal frames
+    (`seconds / frame shift`) are `F * shift + window - shift` samples (`max_frames * 160 +
+    240`), which the front-end turns into `n_frames` of them: kaldi F (2 s -> 200, 4 s ->
+    400), voxceleb_trainer F + 2 (202, 402), as the reference's model sees its crops."""
+    nominal = round(seconds * 1000 / cfg.frame_shift_ms)
+    return n_frames(nominal * cfg.shift + cfg.window - cfg.shift, cfg)
+
+
+@functools.lru_cache(maxsize=4)
+def _mel_spectrogram(sample_rate: int, n_fft: int, window: int, shift: int, n_mels: int) -> Any:
+    """voxceleb_trainer's `torchaudio.transforms.MelSpectrogram`, every default spelled out."""
+    import torchaudio
+
+    return torchaudio.transforms.MelSpectrogram(
+        sample_rate=sample_rate,
+        n_fft=n_fft,
+        win_length=window,
+        hop_length=shift,
+        f_min=0.0,
+        f_max=None,
+        n_mels=n_mels,
+        window_fn=torch.hamming_window,
+        power=2.0,
+        normalized=False,
+        center=True,
+        pad_mode="reflect",
+        norm=None,
+        mel_scale="htk",
+    )
+
+
+def pre_emphasis(samples: np.ndarray, coef: float = PRE_EMPHASIS) -> np.ndarray:
+    """`y[n] = x[n] - coef * x[n-1]` over the whole signal, `x[-1]` taken as the reflected
+    `x[1]` (voxceleb_trainer's PreEmphasis: reflect pad of one sample, then a 2-tap conv)."""
+    x = np.asarray(samples, dtype=np.float32)
+    y = np.empty_like(x)
+    y[1:] = x[1:] - np.float32(coef) * x[:-1]
+    y[0] = x[0] - np.float32(coef) * x[1]
+    return y
+
+
+def _voxceleb_trainer_fbank(samples: np.ndarray, cfg: FbankConfig) -> torch.Tensor:
+    """`[T, n_mels]` log(mel power + 1e-6) of the pre-emphasised signal (module docstring)."""
+    mel = _mel_spectrogram(cfg.sample_rate, cfg.n_fft, cfg.window, cfg.shift, cfg.n_mels)
+    with torch.no_grad():
+        power = mel(torch.from_numpy(pre_emphasis(samples)))  # [n_mels, T]
+    return (power + LOG_FLOOR).log().T.contiguous()
 
 
 def compute_fbank(samples: np.ndarray, cfg: FbankConfig, key: str = "") -> np.ndarray:
-    """Log-mel fbank [T, n_mels] (float32) of a mono signal in [-1, 1] at cfg.sample_rate.
+    """Log-mel fbank [T, n_mels] (float32) of a mono signal in [-1, 1] at cfg.sample_rate,
+    by `cfg.frontend` (module docstring).
 
-    Dither noise (cfg.dither > 0) is drawn from a generator seeded by `key`, so the same
-    utterance gives the same features in every run. Raises DataError when the signal is
-    shorter than one frame.
+    Dither noise (kaldi, cfg.dither > 0) is drawn from a generator seeded by `key`, so the
+    same utterance gives the same features in every run. Raises DataError when the signal is
+    shorter than one frame (window).
     """
     if len(samples) < cfg.window:
         raise DataError(f"{len(samples)} samples are fewer than one {cfg.frame_length_ms} ms frame")
+    if cfg.frontend == "voxceleb_trainer":
+        feats = _voxceleb_trainer_fbank(samples, cfg)
+    else:
+        feats = _kaldi_fbank(samples, cfg, key)
+    if cfg.cmn:
+        feats = feats - feats.mean(dim=0, keepdim=True)
+    return feats.numpy()
+
+
+def _kaldi_fbank(samples: np.ndarray, cfg: FbankConfig, key: str) -> torch.Tensor:
     wave = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32) * WAVE_SCALE)[None]
     kwargs: dict[str, Any] = {
         "num_mel_bins": cfg.n_mels,
@@ -83,12 +202,8 @@ def compute_fbank(samples: np.ndarray, cfg: FbankConfig, key: str = "") -> np.nd
     if cfg.dither > 0:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(stable_seed("dither", key))
-            feats = kaldi.fbank(wave, **kwargs)
-    else:
-        feats = kaldi.fbank(wave, **kwargs)
-    if cfg.cmn:
-        feats = feats - feats.mean(dim=0, keepdim=True)
-    return feats.numpy()
+            return kaldi.fbank(wave, **kwargs)
+    return kaldi.fbank(wave, **kwargs)
 
 
 # ---------------------------------------------------------------- writing shards

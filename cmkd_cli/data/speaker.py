@@ -2,9 +2,11 @@
 
 Paper A Sec. 4.1.1: random 2 s crops of 40-dim fbanks for training (no other
 augmentation); the face teacher sees one aligned 112x112 face frame of the same video;
-batches hold P speakers x 2 utterances with no speaker twice; evaluation embeds ten 4 s
-crops per utterance (wrap-padded when shorter) and scores trials by the mean over the
-10x10 crop pairs.
+batches hold P speakers x 2 utterances with no speaker twice (at most `max_seg_per_spk`
+utterances of a speaker per epoch, as voxceleb_trainer); evaluation embeds ten 4 s crops
+per utterance (wrap-padded when shorter) and scores trials over the 10x10 crop pairs. A
+crop of `s` seconds has `fbank.crop_frames(s, store config)` frames: 200 / 400 with the
+Kaldi front-end, 202 / 402 with voxceleb_trainer's (its `max_frames * 160 + 240` samples).
 """
 
 from __future__ import annotations
@@ -17,13 +19,12 @@ import numpy as np
 import torch
 
 from cmkd_cli.data.datasets import DataBundle, KeyedDataset, keyed_rng, register_dataset
-from cmkd_cli.data.fbank import FbankStore
+from cmkd_cli.data.fbank import FRONTENDS, FbankConfig, FbankStore
+from cmkd_cli.data.fbank import crop_frames as frames_of_crop
 from cmkd_cli.data.manifest import Record, read_manifest, resolve
-from cmkd_cli.data.samplers import ClassPairBatchSampler
+from cmkd_cli.data.samplers import MAX_PER_CLASS, ClassPairBatchSampler
 from cmkd_cli.errors import DataError, UsageError
 from cmkd_cli.metrics.trials import Trials, read_trials
-
-FRAMES_PER_SECOND = 100  # 10 ms shift
 
 
 def utterance_key(name: str) -> str:
@@ -65,11 +66,14 @@ class SpeakerTrain(KeyedDataset):
         speakers: dict[str, int],
         crop_frames: int,
         with_faces: bool,
+        max_seg_per_spk: int | None = MAX_PER_CLASS,
+        duplicate_speaker: str = "drop",
     ) -> None:
         super().__init__()
         self.records, self.manifest, self.store = records, manifest, store
         self.labels = [speakers[r.speaker] for r in records]
         self.crop_frames, self.with_faces = crop_frames, with_faces
+        self.max_seg_per_spk, self.duplicate_speaker = max_seg_per_spk, duplicate_speaker
 
     def __len__(self) -> int:
         return len(self.records)
@@ -88,7 +92,16 @@ class SpeakerTrain(KeyedDataset):
         """P = batch_size / 2 speakers x 2 utterances per (global) batch."""
         if batch_size % 2:
             raise UsageError(f"data.batch_size: {batch_size} is not 2 utterances x P speakers")
-        return ClassPairBatchSampler(self.labels, batch_size // 2, 2, seed, rank, world)
+        return ClassPairBatchSampler(
+            self.labels,
+            batch_size // 2,
+            2,
+            seed,
+            rank,
+            world,
+            max_per_class=self.max_seg_per_spk,
+            duplicates=self.duplicate_speaker,
+        )
 
 
 class SpeakerEval(KeyedDataset):
@@ -156,6 +169,19 @@ def generated_trials(records: list[Record], seed: int, max_trials: int) -> Trial
     )
 
 
+def open_store(path: str, features: FbankConfig | None, field: str) -> FbankStore:
+    """The fbank store at `path`; a `DataError` naming `field` when its features are not
+    `features` (those of the training store, or the front-end the recipe asks for)."""
+    store = FbankStore(path)
+    if features is not None and not store.config.same_features(features):
+        raise DataError(
+            f"{field}: {path} holds {store.config.describe()} features but the student needs "
+            f"{features.describe()} (run `cmkd extract-fbank --frontend {features.frontend} "
+            f"--n-mels {features.n_mels}` into another folder)"
+        )
+    return store
+
+
 def _eval_split(
     manifest: str,
     fbank: str,
@@ -163,11 +189,12 @@ def _eval_split(
     split: str | None,
     seed: int,
     crops: int,
-    crop_frames: int,
+    seconds: float,
     max_trials: int,
+    features: FbankConfig,
     field: str,
 ) -> SpeakerEval:
-    store = FbankStore(fbank)
+    store = open_store(fbank, features, field.rsplit("_", 1)[0] + "_fbank")
     if trials:
         t = read_trials(trials, known_utterances=None)
         ids = [utterance_key(u) for u in t.utterances]
@@ -181,7 +208,7 @@ def _eval_split(
         records = [r for r in read_manifest(manifest) if r.id in store and split in (None, r.split)]
         t = generated_trials(records, seed, max_trials)
         ids = t.utterances
-    return SpeakerEval(t, ids, store, crop_frames, crops)
+    return SpeakerEval(t, ids, store, frames_of_crop(seconds, store.config), crops)
 
 
 def _keep_fraction(records: list[Record], fraction: float, seed: int) -> list[Record]:
@@ -218,6 +245,9 @@ def speaker(
     seed: int = 0,
     max_generated_trials: int = 20000,
     face_eval_split: str = "test",
+    frontend: str | None = None,
+    max_seg_per_spk: int | None = MAX_PER_CLASS,
+    duplicate_speaker: str = "drop",
 ) -> DataBundle:
     """Train on `train_manifest` (from `align-faces` when `faces`, which carries each
     utterance's aligned face) with fbanks from `extract-fbank`; validate/test on trial lists
@@ -226,10 +256,23 @@ def speaker(
     `fraction` keeps that share of each speaker's utterances (paper A Table 2's 25% variant).
     With `faces`, the aligned faces of the manifest's `face_eval_split` speakers (VoxCeleb2
     test) give the face teacher's own verification trials (`train-teacher`).
+
+    `frontend` (kaldi | voxceleb_trainer) is the front-end every store must have been made
+    with (null: the training store's; the validation and test stores must match it). The
+    crop lengths follow it (`fbank.crop_frames`), and checkpoints record it (`data_spec`
+    `features`) so `eval` computes the same features from audio. `max_seg_per_spk` and
+    `duplicate_speaker` are the batch sampler's cap and policy (`ClassPairBatchSampler`;
+    defaults as voxceleb_trainer: 500, drop).
     """
     if not 0 < fraction <= 1:
         raise UsageError(f"data.params.fraction: must be in (0, 1], got {fraction}")
+    if frontend is not None and frontend not in FRONTENDS:
+        raise UsageError(f"data.params.frontend: {frontend!r} is not one of {', '.join(FRONTENDS)}")
     store = FbankStore(train_fbank)
+    if frontend is not None:
+        asked = store.config.model_copy(update={"frontend": frontend})
+        store = open_store(train_fbank, asked, "data.params.train_fbank")
+    features = store.config
     records = [r for r in read_manifest(train_manifest) if train_split in (None, r.split)]
     if faces:
         records = [r for r in records if getattr(r, "faces", None)]
@@ -243,9 +286,17 @@ def speaker(
     if fraction < 1:
         records = _keep_fraction(records, fraction, seed)
     speakers = {s: i for i, s in enumerate(sorted({r.speaker for r in records}))}
-    crop = round(crop_seconds * FRAMES_PER_SECOND)
-    train = SpeakerTrain(records, Path(train_manifest), store, speakers, crop, faces)
-    eval_args = (eval_crops, round(eval_seconds * FRAMES_PER_SECOND), max_generated_trials)
+    train = SpeakerTrain(
+        records,
+        Path(train_manifest),
+        store,
+        speakers,
+        frames_of_crop(crop_seconds, features),
+        faces,
+        max_seg_per_spk,
+        duplicate_speaker,
+    )
+    eval_args = (eval_crops, eval_seconds, max_generated_trials, features)
     val = _eval_split(
         val_manifest, val_fbank, val_trials, eval_split, seed, *eval_args, "data.params.val_trials"
     )
@@ -278,6 +329,7 @@ def speaker(
         num_classes=len(speakers),
         class_names=sorted(speakers),
         teacher_static=True,
+        features=features.model_dump(),
         info={
             "train": len(train),
             "speakers": len(speakers),

@@ -10,11 +10,12 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 
 from cmkd_cli.errors import DataError
 
@@ -123,22 +124,54 @@ def read_cnceleb_trials(
     return _parse(path, "enroll test label", _CNCELEB_LABELS, known_utterances)
 
 
-def score_trials(trials: Trials, embeddings: Any, batch: int = 4096) -> np.ndarray:
-    """Cosine score of every trial: float32 `[N]`, in the order of the trial list.
+#: trial scores over the K x K crop pairs of two utterances (`score_trials`)
+SCORES: tuple[str, ...] = ("cosine", "distance")
+#: squared crop distances below this are recomputed from the difference (`distance`)
+NEAR = 1e-2
+
+
+class Scoring(BaseModel):
+    """How trials are scored (`score_trials`) and minDCF weighed (`compute_min_dcf`; paper A
+    Eq. 12: P_target 0.01, C_miss = C_fa = 1; voxceleb_trainer's default P_target is 0.05)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    score: Literal["cosine", "distance"] = "cosine"
+    p_target: float = Field(0.01, gt=0, lt=1)
+    c_miss: float = Field(1.0, gt=0)
+    c_fa: float = Field(1.0, gt=0)
+
+
+def score_trials(
+    trials: Trials, embeddings: Any, batch: int = 4096, score: str = "cosine"
+) -> np.ndarray:
+    """The score of every trial: float32 `[N]`, in the order of the trial list; higher means
+    "same speaker".
 
     `embeddings` (torch or numpy) has one row per `trials.utterances` entry, in that order:
-    `[U, D]`, or `[U, K, D]` for K crops per utterance. With crops the score is the mean
-    cosine over all K x K crop pairs (paper A, Sec. 4.1: 10 x 10 = 100 pairs), computed
-    exactly through the identity
+    `[U, D]`, or `[U, K, D]` for K crops per utterance. With `n_i`, `m_j` the L2-normalised
+    crops of the two utterances (a zero crop stays zero):
 
-        mean_ij cos(a_i, b_j) = mean_ij <n_i, m_j> = <sum_i n_i, sum_j m_j> / K^2
+    * `cosine`: the mean cosine over all K x K crop pairs (10 x 10 = 100 in paper A),
+      computed exactly through the identity
 
-    with `n_i`, `m_j` the L2-normalised crops (a zero crop counts as cosine 0). The crop sums
-    are formed once per utterance (in torch, on the embeddings' device), then trials are
-    scored `batch` at a time in numpy on the CPU, so memory is O(U * D + batch * D) whatever
-    the number of trials. The default chunk keeps the gathered rows in the CPU cache; numpy
-    runs it on one thread, so it stays fast on a busy machine (`benchmarks/scoring.py`).
+          mean_ij cos(a_i, b_j) = mean_ij <n_i, m_j> = <sum_i n_i, sum_j m_j> / K^2
+
+      The crop sums are formed once per utterance (in torch, on the embeddings' device),
+      then trials are scored `batch` at a time in numpy on the CPU, so memory is
+      O(U * D + batch * D) whatever the number of trials. The default chunk keeps the
+      gathered rows in the CPU cache; numpy runs it on one thread, so it stays fast on a busy
+      machine (`benchmarks/scoring.py`).
+    * `distance`: minus the mean Euclidean distance over the K x K pairs,
+      `-mean_ij ||n_i - m_j||` (voxceleb_trainer's `evaluateFromList` with a normalising
+      loss, and paper A's "mean distance"), `batch // K` trials at a time in numpy on the
+      CPU (equal to the reference's per-trial `torch.cdist` to float32 rounding).
+      It ranks trials almost as `cosine` does (`||n - m|| = sqrt(2 - 2 cos)` is monotone
+      per pair, not for the mean), so EERs differ in the second decimal at most; with one
+      embedding per utterance the two orders are identical.
     """
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
     emb = (
         embeddings
         if isinstance(embeddings, torch.Tensor)
@@ -159,10 +192,35 @@ def score_trials(trials: Trials, embeddings: Any, batch: int = 4096) -> np.ndarr
     if emb.dim() == 2:
         emb = emb.unsqueeze(1)
     k = emb.shape[1]
+    if score == "distance":
+        crops = F.normalize(emb, dim=-1).float().cpu().numpy()
+        return _mean_distance_scores(trials, crops, max(1, batch // k))
     # [U, D] with <sums[a], sums[b]> the mean crop-pair cosine of a and b
     sums = (F.normalize(emb, dim=-1).sum(dim=1) / k).float().cpu().numpy()
     out = np.empty(len(trials), dtype=np.float32)
     for lo in range(0, len(trials), batch):
         p = trials.pairs[lo : lo + batch]
         np.einsum("ij,ij->i", sums[p[:, 0]], sums[p[:, 1]], out=out[lo : lo + batch])
+    return out
+
+
+def _mean_distance_scores(trials: Trials, crops: np.ndarray, chunk: int) -> np.ndarray:
+    """`-mean_ij ||n_i - m_j||` per trial from normalised crops `[U, K, D]`, `chunk` trials
+    at a time in numpy (memory O(chunk * K * D)).
+
+    `||n - m||^2 = |n|^2 + |m|^2 - 2 <n, m>` takes one batched matmul per chunk; where that
+    is below `NEAR` (near-identical crops, where the expansion loses the digits the square
+    root then magnifies) the pair is recomputed from its difference, as `torch.cdist` does.
+    """
+    sq = np.einsum("ukd,ukd->uk", crops, crops)
+    out = np.empty(len(trials), dtype=np.float32)
+    for lo in range(0, len(trials), chunk):
+        p = trials.pairs[lo : lo + chunk]
+        a, b = crops[p[:, 0]], crops[p[:, 1]]
+        d2 = sq[p[:, 0], :, None] + sq[p[:, 1], None, :] - 2 * np.matmul(a, b.transpose(0, 2, 1))
+        t, i, j = np.nonzero(d2 < NEAR)
+        if len(t):
+            diff = a[t, i] - b[t, j]
+            d2[t, i, j] = np.einsum("nd,nd->n", diff, diff)
+        out[lo : lo + chunk] = -np.sqrt(np.maximum(d2, 0)).mean(axis=(1, 2))
     return out

@@ -86,9 +86,10 @@ def speaker_embeddings(
     batch_size: int,
     crops: int = 10,
     crop_seconds: float = 4.0,
+    features: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:
     """Per record: the student's audio embedding and the teacher's face embedding, both in
-    the method's shared space."""
+    the method's shared space; `features` is the student's FbankConfig (default: Kaldi)."""
     from cmkd_cli.data.fbank import FbankConfig
     from cmkd_cli.data.speaker import load_face
     from cmkd_cli.stages.evaluate import embed_utterances, feature_source
@@ -99,9 +100,11 @@ def speaker_embeddings(
             f"--manifest {manifest}: no record has both audio and `faces` "
             "(use the manifest written by `cmkd align-faces`)"
         )
-    feats = feature_source(manifest, fbank, FbankConfig(), None, None)
+    cfg = features or FbankConfig()
+    feats = feature_source(manifest, fbank, cfg, None, None)
+    ids = [r.id for r in records]
     audio = embed_utterances(
-        method.student, [r.id for r in records], feats, device, crops, crop_seconds, batch_size
+        method.student, ids, feats, device, crops, crop_seconds, batch_size, cfg
     )
     audio = F.normalize(audio, dim=-1).mean(1)  # mean of the normalised crop embeddings
     faces = []
@@ -160,8 +163,11 @@ def run(
     else:
         if manifest is None:
             raise UsageError("--manifest is required for speaker checkpoints (audio + faces)")
+        from cmkd_cli.stages.evaluate import student_features
+
+        features = student_features(recipe.model_dump(mode="json"), {})
         s, t, records = speaker_embeddings(
-            method, manifest, fbank, dev, batch_size, crops, crop_seconds
+            method, manifest, fbank, dev, batch_size, crops, crop_seconds, features
         )
         trip = draw_triplets(
             [r.speaker or "" for r in records],

@@ -20,13 +20,13 @@ import torch
 from pydantic import BaseModel
 from rich.table import Table
 
-from cmkd_cli.data.fbank import FbankConfig, FbankStore, compute_fbank
+from cmkd_cli.data.fbank import FbankConfig, FbankStore, compute_fbank, crop_frames
 from cmkd_cli.data.manifest import read_manifest, resolve
-from cmkd_cli.data.speaker import FRAMES_PER_SECOND, evenly_spaced_crops, utterance_key
+from cmkd_cli.data.speaker import evenly_spaced_crops, open_store, utterance_key
 from cmkd_cli.engine.checkpoint import load_checkpoint
 from cmkd_cli.engine.distributed import select_device
 from cmkd_cli.errors import DataError, UsageError
-from cmkd_cli.metrics.trials import Trials, read_trials, score_trials
+from cmkd_cli.metrics.trials import Scoring, Trials, read_trials, score_trials
 from cmkd_cli.metrics.verification import compute_eer, compute_min_dcf, det_curve
 from cmkd_cli.progress import track
 
@@ -48,6 +48,7 @@ class TrialResult(BaseModel):
     utterances: int
     eer: float
     min_dcf: float
+    scoring: Scoring = Scoring()
     det_png: str | None = None
 
 
@@ -59,20 +60,25 @@ class EvalResult(BaseModel):
     per_class: dict[str, float | None] = {}
 
 
-def load_student(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_student(
+    checkpoint: Path, device: torch.device
+) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
     """The student of a run checkpoint (best.pt/last.pt), rebuilt from its stored recipe
-    (without its `pretrained` initial weights, which the checkpoint replaces anyway)."""
+    (without its `pretrained` initial weights, which the checkpoint replaces anyway), with
+    that recipe and the checkpoint's `data_spec`."""
     from cmkd_cli.models.registry import create_model
 
     ckpt = load_checkpoint(checkpoint)
     recipe = ckpt.get("recipe") or {}
     if "student" not in ckpt or "student" not in recipe:
         raise UsageError(f"{checkpoint} is not a cmkd run checkpoint (no student or recipe)")
-    num_classes = (ckpt.get("data_spec") or {}).get("num_classes")
+    spec = ckpt.get("data_spec") or {}
     params = {k: v for k, v in recipe["student"]["params"].items() if k != "pretrained"}
-    model = create_model(recipe["student"]["name"], num_classes, params, field="student")
+    model = create_model(
+        recipe["student"]["name"], spec.get("num_classes"), params, field="student"
+    )
     model.load_state_dict(ckpt["student"])
-    return model.to(device).eval(), recipe
+    return model.to(device).eval(), recipe, spec
 
 
 def resolve_trials(name: str, lists: Path | None, manifest: Path, original: bool) -> Path:
@@ -123,9 +129,11 @@ def embed_utterances(
     crops: int = 10,
     seconds: float = 4.0,
     batch_size: int = 8,
+    cfg: FbankConfig | None = None,
 ) -> torch.Tensor:
-    """`[U, crops, D]` embeddings, `batch_size` utterances per forward pass."""
-    frames = round(seconds * FRAMES_PER_SECOND)
+    """`[U, crops, D]` embeddings, `batch_size` utterances per forward pass; a crop of
+    `seconds` has the frames `cfg`'s front-end gives it (`fbank.crop_frames`)."""
+    frames = crop_frames(seconds, cfg or FbankConfig())
     out = []
     chunks = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
     for chunk in track(chunks, description="embedding utterances"):
@@ -146,12 +154,17 @@ def verify(
     batch_size: int,
     crops: int = 10,
     crop_seconds: float = 4.0,
+    cfg: FbankConfig | None = None,
+    scoring: Scoring | None = None,
 ) -> TrialResult:
+    scoring = scoring or Scoring()
     ids = [utterance_key(u) for u in trials.utterances]
-    emb = embed_utterances(model, ids, features, device, crops, crop_seconds, batch_size)
-    scores = score_trials(trials, emb)
+    emb = embed_utterances(model, ids, features, device, crops, crop_seconds, batch_size, cfg)
+    scores = score_trials(trials, emb, score=scoring.score)
     eer, _ = compute_eer(scores, trials.labels)
-    min_dcf, _ = compute_min_dcf(scores, trials.labels, p_target=0.01)
+    min_dcf, _ = compute_min_dcf(
+        scores, trials.labels, scoring.p_target, scoring.c_miss, scoring.c_fa
+    )
     png = None
     if det is not None:
         from cmkd_cli.metrics.plots import plot_det
@@ -167,6 +180,7 @@ def verify(
         utterances=len(ids),
         eer=float(eer),
         min_dcf=float(min_dcf),
+        scoring=scoring,
         det_png=png,
     )
 
@@ -185,12 +199,17 @@ def run(
     batch_size: int = 8,
     crops: int = 10,
     crop_seconds: float = 4.0,
+    score: str | None = None,
+    p_target: float | None = None,
+    c_miss: float | None = None,
+    c_fa: float | None = None,
 ) -> EvalResult:
     dev = select_device(device)
-    model, recipe = load_student(checkpoint, dev)
+    model, recipe, spec = load_student(checkpoint, dev)
     task = recipe.get("task", "classification")
     if task != "speaker":
         return evaluate_classification(checkpoint, model, recipe, dev)
+    scoring = scoring_for(recipe, score=score, p_target=p_target, c_miss=c_miss, c_fa=c_fa)
     if manifest is None:
         raise UsageError("--manifest is required for speaker checkpoints (the test utterances)")
     if any(s is not None for s in snrs) and musan is None:
@@ -200,7 +219,9 @@ def run(
         from cmkd_cli.data.noise import NoiseBank
 
         noise = NoiseBank(musan)
-    cfg = FbankStore(fbank).config if fbank is not None else _training_fbank_config(recipe)
+    cfg = student_features(recipe, spec)
+    if fbank is not None:
+        cfg = open_store(str(fbank), cfg, "--fbank").config
     results = []
     for name in trials or ["voxceleb1-o"]:
         path = resolve_trials(name, lists, manifest, original)
@@ -212,12 +233,43 @@ def run(
                 tag = f"{path.stem}" + ("" if snr is None else f"-snr{snr:g}")
                 png = det.with_name(f"{det.stem}-{tag}{det.suffix or '.png'}")
             results.append(
-                verify(model, parsed, path, feats, dev, snr, png, batch_size, crops, crop_seconds)
+                verify(
+                    model,
+                    parsed,
+                    path,
+                    feats,
+                    dev,
+                    snr,
+                    png,
+                    batch_size,
+                    crops,
+                    crop_seconds,
+                    cfg,
+                    scoring,
+                )
             )
     return EvalResult(checkpoint=str(checkpoint), task=task, results=results)
 
 
-def _training_fbank_config(recipe: dict[str, Any]) -> FbankConfig:
+def scoring_for(recipe: dict[str, Any], **given: Any) -> Scoring:
+    """The values `given` (score, p_target, c_miss, c_fa; None: not given), else those of
+    the checkpoint recipe's speaker task (`task_params`; the task's defaults for a recipe
+    that sets none: cosine, 0.01, 1, 1)."""
+    from cmkd_cli.tasks import build_task
+    from cmkd_cli.tasks.speaker import scoring
+
+    stored = build_task("speaker", 0, recipe.get("task_params") or {}).scoring
+    return scoring(
+        "--", **{**stored.model_dump(), **{k: v for k, v in given.items() if v is not None}}
+    )
+
+
+def student_features(recipe: dict[str, Any], spec: dict[str, Any]) -> FbankConfig:
+    """The features a speaker student was trained on: recorded in its checkpoint's
+    `data_spec`; for a checkpoint from before that, its training store's config when the
+    store is still there, else the Kaldi defaults (the only front-end then)."""
+    if spec.get("features"):
+        return FbankConfig.model_validate(spec["features"])
     store = recipe.get("data", {}).get("params", {}).get("train_fbank")
     if store and Path(store).is_dir():
         return FbankStore(store).config

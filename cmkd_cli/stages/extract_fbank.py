@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from rich.table import Table
 
 from cmkd_cli import console
@@ -43,19 +43,30 @@ def run(
     out: Path,
     workers: int | None = None,
     n_mels: int = 40,
-    cmn: bool = True,
+    cmn: bool | None = None,
     dither: float = 0.0,
     dtype: Literal["float16", "float32"] = "float16",
     shard_size: int = 1000,
     overwrite: bool = False,
+    frontend: str = "kaldi",
 ) -> ExtractResult:
-    """Compute the missing features of `manifest`'s records into the store at `out`."""
+    """Compute the missing features of `manifest`'s records into the store at `out`
+    (`frontend`: kaldi | voxceleb_trainer, see `cmkd_cli.data.fbank`; `cmn` None: the
+    front-end's default)."""
     from data_prep.common import default_workers, parallel_map, reason_kind
 
     started = time.perf_counter()
     if shard_size < 1:
         raise UsageError(f"--shard-size {shard_size}: must be at least 1")
-    cfg = fbank.FbankConfig(n_mels=n_mels, cmn=cmn, dither=dither, dtype=dtype)
+    try:
+        cfg = fbank.FbankConfig(
+            frontend=frontend, n_mels=n_mels, cmn=cmn, dither=dither, dtype=dtype
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = err["msg"].removeprefix("Value error, ")
+        flag = f"--{str(err['loc'][0]).replace('_', '-')} {err['input']!r}: " if err["loc"] else ""
+        raise UsageError(flag + msg) from None
     records = [r for r in read_manifest(manifest) if r.audio]
     if not records:
         raise DataError(f"{manifest}: no record has an `audio` path")
@@ -104,7 +115,7 @@ def render(result: ExtractResult) -> Table:
         ["computed now", result.computed],
         ["shards written", result.shards_written],
         ["hours computed", f"{result.hours_computed:.3f}"],
-        ["features", f"{cfg.n_mels} mels, cmn={cfg.cmn}, dither={cfg.dither}, {cfg.dtype}"],
+        ["features", f"{cfg.describe()}, cmn={cfg.cmn}, dither={cfg.dither}, {cfg.dtype}"],
         ["skipped", result.skipped],
     ]
     rows += [[f"  {reason}", n] for reason, n in result.skip_reasons.items()]

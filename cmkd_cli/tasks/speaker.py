@@ -2,8 +2,10 @@
 
 Paper A Sec. 4.1.1: "The loss function is a combination of angular prototypical loss and
 cross-entropy loss" (voxceleb_trainer's `softmaxproto`, learnable scale w=10, bias b=-5).
-Validation embeds each utterance with K fixed crops and scores a trial as the mean cosine
-over the K x K crop pairs (Nagrani et al.; paper A "Evaluation").
+Validation embeds each utterance with K fixed crops and scores a trial over the K x K crop
+pairs (`score`: mean cosine, or minus the mean distance of the normalised crops as
+voxceleb_trainer and paper A's "mean distance"; `metrics.trials.score_trials`); minDCF with
+`p_target`, `c_miss`, `c_fa` (paper A: 0.01, 1, 1; voxceleb_trainer's default P_target is 0.05).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import nn
 
 from cmkd_cli.engine.distributed import all_reduce_sum, to_device
@@ -21,10 +24,22 @@ from cmkd_cli.losses.speaker import (
     ANGLEPROTO_INIT_W,
     angular_prototypical_loss,
 )
-from cmkd_cli.metrics.trials import score_trials
+from cmkd_cli.metrics.trials import Scoring, score_trials
 from cmkd_cli.metrics.verification import compute_eer, compute_min_dcf
 from cmkd_cli.models.base import ModelOutput
 from cmkd_cli.tasks import TASKS
+
+
+def scoring(prefix: str, **values: Any) -> Scoring:
+    """`Scoring(**values)`; a bad value is a UsageError naming `prefix` + the field (with
+    `prefix="--"`, the CLI flag: `--p-target`)."""
+    try:
+        return Scoring(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = str(err["loc"][0])
+        name = name.replace("_", "-") if prefix == "--" else name
+        raise UsageError(f"{prefix}{name} {err['input']!r}: {err['msg']}") from None
 
 
 @TASKS.register("speaker")
@@ -38,10 +53,16 @@ class SpeakerTask(nn.Module):
         ap_weight: float = 1.0,
         ce_weight: float = 1.0,
         p_target: float = 0.01,
+        c_miss: float = 1.0,
+        c_fa: float = 1.0,
+        score: str = "cosine",
     ) -> None:
         super().__init__()
         self.m = utterances_per_speaker
-        self.ap_weight, self.ce_weight, self.p_target = ap_weight, ce_weight, p_target
+        self.ap_weight, self.ce_weight = ap_weight, ce_weight
+        self.scoring = scoring(
+            "task_params.", score=score, p_target=p_target, c_miss=c_miss, c_fa=c_fa
+        )
         self.w = nn.Parameter(torch.tensor(ANGLEPROTO_INIT_W))
         self.b = nn.Parameter(torch.tensor(ANGLEPROTO_INIT_B))
 
@@ -88,7 +109,8 @@ class SpeakerTask(nn.Module):
         if trials is None:
             raise UsageError("task speaker: the evaluation split has no trial list")
         emb = self.embed(model, loader, device, input_key)
-        scores = score_trials(trials, emb)
+        s = self.scoring
+        scores = score_trials(trials, emb, score=s.score)
         eer, _ = compute_eer(scores, trials.labels)
-        min_dcf, _ = compute_min_dcf(scores, trials.labels, p_target=self.p_target)
+        min_dcf, _ = compute_min_dcf(scores, trials.labels, s.p_target, s.c_miss, s.c_fa)
         return {"eer": float(eer), "min_dcf": float(min_dcf)}

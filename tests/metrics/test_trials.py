@@ -1,4 +1,4 @@
-"""Trial-list parsing, its error messages, and cosine scoring with K crops."""
+"""Trial-list parsing, its error messages, and cosine / distance scoring with K crops."""
 
 import numpy as np
 import pytest
@@ -124,6 +124,37 @@ def test_score_trials_with_crops_is_mean_of_all_crop_pairs():
     # the mean of pair cosines is not the cosine of the crop means
     naive = score_trials(t, emb.mean(dim=1))
     assert not np.allclose(naive, want, atol=1e-3)
+
+
+def test_distance_score_is_minus_the_mean_crop_pair_distance():
+    """voxceleb_trainer: L2-normalise each crop, cdist of the two [K, D] crop sets, -mean."""
+    rng = np.random.default_rng(3)
+    k = 10
+    t = random_trials(rng, 12, 40)
+    emb = rng.normal(size=(12, k, 8)) + 2 * rng.normal(size=(12, 1, 8))
+    emb[3, 4] = 0.0  # a zero crop stays zero after normalising
+    got = score_trials(t, emb.astype(np.float32), batch=35, score="distance")  # 3 per chunk
+    n = emb / np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
+    want = [
+        -np.mean([np.linalg.norm(n[i, p] - n[j, q]) for p in range(k) for q in range(k)])
+        for i, j in t.pairs
+    ]
+    assert got.dtype == np.float32 and got.shape == (40,)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # close to the mean-cosine ranking, yet not the same order: another score
+    cos = score_trials(t, emb.astype(np.float32))
+    assert not np.array_equal(np.argsort(got), np.argsort(cos))
+    assert np.corrcoef(got, cos)[0, 1] > 0.95
+    # one embedding per utterance: -sqrt(2 - 2 cos), the same order as the cosine (atol: the
+    # list pairs some utterances with themselves, where sqrt(2 - 2 cos) amplifies rounding)
+    one = emb[:, 0].astype(np.float32)
+    np.testing.assert_allclose(
+        score_trials(t, one, score="distance"),
+        -np.sqrt(np.maximum(2 - 2 * score_trials(t, one), 0)),
+        atol=1e-3,
+    )
+    with pytest.raises(ValueError, match="score must be one of cosine, distance"):
+        score_trials(t, emb, score="euclid")
 
 
 def test_score_trials_checks_the_embedding_rows():

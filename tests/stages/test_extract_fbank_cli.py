@@ -63,3 +63,23 @@ def test_extract_resume_config_guard_and_skips(cli, tmp_path: Path) -> None:
     redone = cli("--json", *args, "--n-mels", "80", "--overwrite")
     assert redone.code == 0 and redone.json()["computed"] == 3
     assert FbankStore(out)[row["id"]].shape == (len(expected), 80)
+
+
+def test_voxceleb_trainer_frontend_store(cli, tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, 2)
+    out = tmp_path / "vt"
+    args = ["--json", "extract-fbank", "--manifest", manifest, "--out", out, "--workers", "1"]
+    res = cli(*args, "--frontend", "voxceleb_trainer", "--dtype", "float32")
+    assert res.code == 0, res.stderr
+    cfg = FbankConfig(frontend="voxceleb_trainer", dtype="float32")
+    assert res.json()["config"] == cfg.model_dump() and cfg.cmn is False
+    store = FbankStore(out)
+    assert store.config == cfg
+    row = json.loads(manifest.read_text().splitlines()[0])
+    samples = load_audio(row["audio"])[0]
+    assert store[row["id"]].shape == (1 + len(samples) // 160, 40)  # centred frames
+    np.testing.assert_array_equal(store[row["id"]], compute_fbank(samples, cfg))
+    kaldi = cli(*args, "--dtype", "float32")  # another front-end into the same folder
+    assert kaldi.code == 2 and "frontend 'voxceleb_trainer' -> 'kaldi'" in kaldi.stderr
+    bad = cli(*args, "--frontend", "voxceleb_trainer", "--dither", "1")
+    assert bad.code == 2 and "no dither" in bad.stderr
