@@ -5,7 +5,9 @@ embedding per utterance and with 10 crops per utterance (paper A's 10 x 10 crop 
 naive loop scores a 5,000-trial subset one trial at a time in numpy (all K x K crop cosines
 per trial); the ratio compares time per trial. Peak memory is the rise of the process's
 resident set while scoring, sampled every millisecond (torch allocations are invisible to
-tracemalloc), and the tracemalloc peak of the EER/minDCF step (pure numpy).
+tracemalloc), and the tracemalloc peak of the EER/minDCF step (pure numpy). With 10 crops
+the `distance` score (voxceleb_trainer's minus mean crop-pair distance) is timed too, and
+compared with the mean cosine: Kendall tau between the two score lists, EER difference.
 
     .venv/bin/python benchmarks/scoring.py [--trials 550000] [--utts 5000] [--dim 256]
 """
@@ -131,6 +133,26 @@ def main() -> None:
             f"  EER + minDCF   {t_metrics:.2f} s on {args.trials:,} scores, tracemalloc peak "
             f"{tm_peak / 2**20:.0f} MiB (EER {eer:.2%}, minDCF {dcf:.3f})"
         )
+        if k > 1:
+            compare_distance(trials, emb, scores, t_score)
+
+
+def compare_distance(trials: Trials, emb: np.ndarray, cosine: np.ndarray, t_cos: float) -> None:
+    """Time the `distance` score on the same trials; how far its ranking is from cosine's."""
+    from scipy.stats import kendalltau
+
+    with PeakRss() as mem:
+        t0 = time.perf_counter()
+        dist = score_trials(trials, emb, score="distance")
+        t_dist = time.perf_counter() - t0
+    tau = kendalltau(cosine, dist).statistic
+    eers = [compute_eer(s, trials.labels)[0] for s in (cosine, dist)]
+    print(
+        f"  distance       {t_dist:.2f} s = {t_dist / len(trials) * 1e6:.2f} us/trial "
+        f"({t_dist / t_cos:.0f}x cosine), peak RSS rise +{mem.rise_mib:.0f} MiB; Kendall tau "
+        f"vs cosine {tau:.4f}; EER {eers[1]:.3%} vs {eers[0]:.3%} "
+        f"({100 * abs(eers[1] - eers[0]):.3f} points)"
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.fixtures_layouts import (
     encode_m4a,
@@ -145,6 +146,8 @@ def test_speaker_pipeline(cli, work: Path, monkeypatch) -> None:
             work / "vox2-fbank",
             "--workers",
             "1",
+            "--frontend",
+            "voxceleb_trainer",
         ),
         (
             "prepare",
@@ -166,6 +169,8 @@ def test_speaker_pipeline(cli, work: Path, monkeypatch) -> None:
             work / "vox1-fbank",
             "--workers",
             "1",
+            "--frontend",
+            "voxceleb_trainer",
         ),
     ):
         res = cli(*args)
@@ -216,6 +221,37 @@ def test_speaker_pipeline(cli, work: Path, monkeypatch) -> None:
     assert r["n_target"] == 5 * 3 and r["utterances"] == len(names)
     assert 0.0 <= r["eer"] <= 1.0 and r["min_dcf"] >= 0.0
     assert Path(r["det_png"]).stat().st_size > 1000
+    # the recipe's scoring (paper A: mean distance, P_target 0.01); the flags override it
+    assert r["scoring"] == {"score": "distance", "p_target": 0.01, "c_miss": 1.0, "c_fa": 1.0}
+    ckpt = torch.load(best, weights_only=True)
+    assert ckpt["data_spec"]["features"]["frontend"] == "voxceleb_trainer"
+    assert ckpt["student"]["backbone.conv1.bias"].shape == (16,)  # ResNetSE34V2's stem bias
+    base = ["--json", "eval", "--checkpoint", best, "--trials", str(trials)]
+    base += ["--manifest", work / "vox1" / "manifest.jsonl", *EVAL_CROPS]
+    dist, cos, dcf = (
+        cli(*base, "--fbank", work / "vox1-fbank", *extra).json()["results"][0]
+        for extra in ([], ["--score", "cosine"], ["--p-target", "0.05", "--c-fa", "2"])
+    )
+    assert cos["scoring"]["score"] == "cosine" and dcf["scoring"]["p_target"] == 0.05
+    assert dist["eer"] == r["eer"] and dcf["eer"] == r["eer"]  # the DCF weights leave the EER
+    # from audio (no store) the checkpoint's front-end is used: the same scores as the store
+    # up to the store's float16 rounding
+    audio = cli(*base).json()["results"][0]
+    assert abs(audio["eer"] - dist["eer"]) <= 0.05
+    kaldi_store = cli(
+        "extract-fbank",
+        "--manifest",
+        work / "vox1" / "manifest.jsonl",
+        "--out",
+        work / "vox1-kaldi",
+        "--workers",
+        "1",
+    )
+    assert kaldi_store.code == 0
+    wrong = cli(*base, "--fbank", work / "vox1-kaldi")
+    assert wrong.code != 0 and "holds kaldi front-end, 40 mels features" in wrong.stderr
+    bad = cli(*base, "--score", "euclid")
+    assert bad.code == 2 and "--score 'euclid'" in bad.stderr
 
     noisy = cli(
         "--json",
