@@ -53,16 +53,36 @@ class OptimConfig(StrictModel):
 
 
 class ScheduleConfig(StrictModel):
-    """Learning-rate schedule, stepped every optimiser step; epochs may be fractional."""
+    """Learning-rate schedule, applied every optimiser step; epochs may be fractional.
+
+    `per: epoch` holds the factor fixed within an epoch (computed from the epoch index), as
+    the released C2KD code's `adjust_lr`, which sets lr = 1e-4 + (1e-2 - 1e-4)(1 - e/100)^0.9
+    once per epoch e: `{name: poly, per: epoch, min_lr: 1e-4}`.
+    """
 
     name: Literal["constant", "step", "multistep", "poly", "cosine"] = "constant"
+    per: Literal["step", "epoch"] = Field(
+        "step", description="recompute the factor every optimiser step, or once per epoch"
+    )
     step_epochs: float = Field(30, gt=0, description="`step`: decay every this many epochs")
     milestones: list[float] = Field(default_factory=list, description="`multistep`: epochs")
     gamma: float = Field(0.1, gt=0)
     power: float = Field(0.9, gt=0, description="`poly`: (1 - t/T)^power")
+    min_lr: float = Field(
+        0.0,
+        ge=0,
+        description="`poly`: the lr it decays towards, min_lr + (lr - min_lr)(1 - t/T)^power "
+        "(for optim.lr; a group with a scale s gets s times that)",
+    )
     min_lr_factor: float = Field(0.0, ge=0, le=1, description="`cosine`: floor as a fraction")
     warmup_epochs: float = Field(0.0, ge=0)
     warmup_start_factor: float = Field(0.01, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _min_lr_is_polys(self) -> ScheduleConfig:
+        if self.min_lr > 0 and self.name != "poly":
+            raise ValueError(f"min_lr applies to `poly` only (this schedule is `{self.name}`)")
+        return self
 
 
 class TrainConfig(StrictModel):

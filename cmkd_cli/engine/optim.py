@@ -48,14 +48,23 @@ def _fusable(params: list[torch.nn.Parameter]) -> bool | None:
     return True if ok and params else None
 
 
-def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: ScheduleConfig) -> float:
+def lr_factor(
+    step: int, total_steps: int, steps_per_epoch: int, cfg: ScheduleConfig, base_lr: float = 1.0
+) -> float:
     """Multiplier of the base lr after `step` optimiser steps (warm-up x schedule).
 
     step: gamma^floor(e/step_epochs); multistep: gamma^#(milestones <= e);
-    poly: (1 - step/total)^power; cosine: m + (1-m)(1+cos(pi step/total))/2; with e the
-    (fractional) epoch. Warm-up ramps linearly from `warmup_start_factor` to 1.
+    poly: m + (1 - m)(1 - t/T)^power with m = min_lr / base_lr; cosine: m + (1-m)(1+cos(pi
+    t/T))/2 with m = min_lr_factor; e the (fractional) epoch, t/T the fraction of training
+    done. `per: epoch` replaces e by floor(e) and t/T by floor(e)/epochs, so the lr is constant
+    within an epoch: the released C2KD code's adjust_lr (it sets the lr after each step from
+    the epoch index, so the first step of epoch e>0 still runs at epoch e-1's lr; cmkd runs
+    every step of epoch e at lr(e)). Warm-up ramps linearly from `warmup_start_factor` to 1.
     """
-    epoch = step / max(steps_per_epoch, 1)
+    spe = max(steps_per_epoch, 1)
+    if cfg.per == "epoch":
+        step = (step // spe) * spe
+    epoch = step / spe
     progress = min(step / max(total_steps, 1), 1.0)
     if cfg.name == "constant":
         f = 1.0
@@ -64,7 +73,8 @@ def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: ScheduleCo
     elif cfg.name == "multistep":
         f = cfg.gamma ** sum(epoch + 1e-9 >= m for m in cfg.milestones)
     elif cfg.name == "poly":
-        f = (1.0 - progress) ** cfg.power
+        m = cfg.min_lr / base_lr
+        f = m + (1.0 - m) * (1.0 - progress) ** cfg.power
     else:  # cosine
         f = cfg.min_lr_factor + (1 - cfg.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * progress))
     if cfg.warmup_epochs > 0 and epoch < cfg.warmup_epochs:
@@ -76,7 +86,13 @@ def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: ScheduleCo
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps_per_epoch: int, epochs: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR over `lr_factor`; `schedule.min_lr` is taken against the optimiser's lr."""
+    base_lr = optimizer.defaults["lr"]
+    if cfg.min_lr >= base_lr:
+        raise UsageError(
+            f"schedule.min_lr: {cfg.min_lr:g} is not below the learning rate {base_lr:g}"
+        )
     total = steps_per_epoch * epochs
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total, steps_per_epoch, cfg)
+        optimizer, lambda s: lr_factor(s, total, steps_per_epoch, cfg, base_lr)
     )
