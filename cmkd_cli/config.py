@@ -104,6 +104,8 @@ def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     data = _read_yaml(path)
     for key in [k for k in data if isinstance(k, str) and k.startswith("x-")]:
         del data[key]  # `x-name:` blocks only hold YAML anchors (as in docker compose files)
+    if isinstance(data.get("compare"), list):  # the short form: a list of variants
+        data["compare"] = {"variants": data["compare"]}
     parent = data.pop("extends", None)
     if parent is None:
         return data
@@ -234,7 +236,7 @@ def validate_recipe(
         recipe = cls.model_validate(data)
     except ValidationError as exc:
         raise UsageError(format_validation_error(exc, origin, overrides)) from None
-    for variant in recipe.compare:
+    for variant in recipe.compare.variants:
         variant_recipe(recipe, variant.name, origin)
     return recipe
 
@@ -259,11 +261,11 @@ def load_recipe(
 
 def variant_recipe(recipe: RecipeBase, variant: str, origin: str = "recipe") -> RecipeBase:
     """The recipe with one `compare:` variant's overrides applied (and `compare` cleared)."""
-    match = [v for v in recipe.compare if v.name == variant]
+    match = [v for v in recipe.compare.variants if v.name == variant]
     if not match:
         raise UsageError(f"{origin}: no compare variant {variant!r}")
     data = recipe.model_dump(mode="json")
-    data["compare"] = []
+    data["compare"] = {}
     for key, value in match[0].set.items():
         apply_set(data, key.split("."), value, origin=f"{origin}: compare[{variant}]")
     cls = _recipe_class()

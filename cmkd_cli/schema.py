@@ -144,6 +144,36 @@ class Variant(StrictModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
     set: dict[str, Any] = Field(default_factory=dict)
+    baseline: str | None = Field(
+        None, description="the row this one is paired with (default: compare.baseline)"
+    )
+
+
+class Compare(StrictModel):
+    """The `compare:` section: variants (a plain list of them is accepted too) and how rows
+    are compared: each row's paired delta against its baseline row, seed by seed."""
+
+    base_name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.+-]+$",
+        description="the name of the recipe's own row (default: its method name)",
+    )
+    baseline: str | None = Field(
+        None,
+        description="the row every other row is paired with (default: the first row whose "
+        "method is `baseline`, i.e. no distillation; none: no deltas)",
+    )
+    ci: Literal["t", "bootstrap"] = Field(
+        "t",
+        description="95% interval of a paired delta: Student t over seeds, or a percentile "
+        "bootstrap over seeds (10,000 resamples)",
+    )
+    variants: list[Variant] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _list_form(cls, value: Any) -> Any:
+        return {"variants": value} if isinstance(value, list) else value
 
 
 class RecipeBase(StrictModel):
@@ -162,12 +192,24 @@ class RecipeBase(StrictModel):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     seeds: list[int] | None = Field(None, description="run once per seed (mean ± std)")
-    compare: list[Variant] = Field(default_factory=list)
+    compare: Compare = Field(default_factory=Compare)
 
     @model_validator(mode="after")
     def _unique_variants(self) -> RecipeBase:
-        names = [v.name for v in self.compare]
+        names = [v.name for v in self.compare.variants]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"compare: variant names must be unique, repeated: {sorted(dup)}")
+        names = self.row_names()
+        for where, ref in [("compare.baseline", self.compare.baseline)] + [
+            (f"compare[{v.name}].baseline", v.baseline) for v in self.compare.variants
+        ]:
+            if ref is not None and ref not in names:
+                raise ValueError(f"{where}: no row {ref!r}; rows: {', '.join(names)}")
         return self
+
+    def row_names(self) -> list[str]:
+        """The rows of the study's table: the recipe's own, then each variant."""
+        method = getattr(self, "method", None)
+        own = self.compare.base_name or (method.name if method is not None else "base")
+        return [own] + [v.name for v in self.compare.variants]

@@ -111,3 +111,51 @@ def plot_curves(
         ax.grid(True, alpha=0.4)
     axes[-1].set_xlabel(x)
     return _save(fig, path)
+
+
+def plot_study(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike[str],
+    metric: str,
+    ci_name: str,
+    scale: float = 1.0,
+    title: str = "",
+) -> Path:
+    """A study's forest plot: per row (a study's `results.json` table row) its mean over
+    seeds with the 95% interval of the mean (left) and its delta against its baseline row,
+    paired by seed, with that delta's 95% interval (right; a dashed line at 0, intervals
+    that exclude 0 drawn in colour). Rows without an interval show the point alone."""
+    rows = list(rows)
+    if not rows:
+        raise UsageError("plot_study needs at least one row")
+    fig = _figure(height=max(2.2, 0.32 * len(rows) + 1.2))
+    fig.set_size_inches(10, fig.get_size_inches()[1])
+    left, right = fig.subplots(1, 2, sharey=True)
+    y = np.arange(len(rows))[::-1]
+    bases = {r.get("baseline") for r in rows}
+    for yi, r in zip(y, rows, strict=True):
+        lo_hi = r.get("mean_ci")
+        left.plot(scale * r["mean"], yi, "o", color="k", markersize=4)
+        if lo_hi:
+            left.plot([scale * lo_hi[0], scale * lo_hi[1]], [yi, yi], color="k", linewidth=1.5)
+        if r.get("delta") is None:
+            if r["variant"] in bases:
+                right.text(0.0, yi, " baseline", va="center", fontsize=8, color="0.3")
+            continue
+        colour = "tab:blue" if r.get("excludes_zero") else "0.45"
+        if r.get("excludes_zero") and r["delta"] < 0:
+            colour = "tab:red"
+        right.plot(scale * r["delta"], yi, "o", color=colour, markersize=4)
+        if r.get("delta_ci"):
+            lo, hi = (scale * v for v in r["delta_ci"])
+            right.plot([lo, hi], [yi, yi], color=colour, linewidth=1.5)
+    right.axvline(0.0, color="k", linestyle="--", linewidth=0.8)
+    left.set_yticks(y, [r["variant"] for r in rows])
+    unit = " (%)" if scale == 100 else ""
+    left.set_xlabel(f"test {metric}{unit}: mean, 95% CI over seeds")
+    right.set_xlabel(f"Δ vs baseline{unit}: paired by seed, 95% CI ({ci_name})")
+    for ax in (left, right):
+        ax.grid(True, axis="x", alpha=0.4)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

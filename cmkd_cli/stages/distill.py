@@ -21,6 +21,7 @@ from cmkd_cli.engine.distributed import DistInfo, init_distributed
 from cmkd_cli.engine.loop import fit
 from cmkd_cli.errors import UsageError
 from cmkd_cli.io import atomic_write_json, atomic_write_text
+from cmkd_cli.metrics.paired import CiMethod, interval, paired_delta, sample_std
 from cmkd_cli.schema import RecipeBase
 from cmkd_cli.stages import train_teacher
 from cmkd_cli.stages.experiment import preflight
@@ -41,13 +42,24 @@ class RunSummary(BaseModel):
 
 
 class Row(BaseModel):
+    """One variant over its seeds: mean ± sample std, the 95% interval of the mean, and
+    the delta against its baseline row paired by seed (`metrics.paired`)."""
+
     variant: str
     method: str
     metric: str
     mean: float
     std: float
     n: int
+    seeds: list[int] = []
     values: list[float]
+    mean_ci: list[float] | None = None
+    baseline: str | None = None
+    delta: float | None = None
+    delta_std: float | None = None
+    delta_ci: list[float] | None = None
+    delta_seeds: list[int] = []
+    excludes_zero: bool = False
     wall_time_s: float
 
 
@@ -55,6 +67,7 @@ class DistillResult(BaseModel):
     name: str
     root: str
     metric: str
+    ci: str = "t"
     teacher: dict | None
     runs: list[RunSummary]
     table: list[Row]
@@ -71,7 +84,7 @@ def parse_seeds(text: str | None) -> list[int] | None:
         ) from None
 
 
-def _load_resumed(resume: Path) -> RecipeBase:
+def load_resumed(resume: Path) -> RecipeBase:
     import yaml
 
     for name in (STUDY_FILE, "config.yaml"):
@@ -83,10 +96,36 @@ def _load_resumed(resume: Path) -> RecipeBase:
     )
 
 
+def rows(recipe: RecipeBase) -> list[tuple[str, RecipeBase]]:
+    """(row name, its recipe): the recipe's own row, then each `compare:` variant."""
+    own = recipe.row_names()[0]
+    if any(v.name == own for v in recipe.compare.variants):
+        raise UsageError(
+            f"compare: the recipe's own row is named `{own}` (its method), as is a variant; "
+            "name it with compare.base_name"
+        )
+    return [(own, recipe)] + [
+        (v.name, variant_recipe(recipe, v.name)) for v in recipe.compare.variants
+    ]
+
+
 def plan(recipe: RecipeBase, seeds: list[int]) -> list[tuple[str, RecipeBase, int]]:
-    variants = [(recipe.method.name, recipe)]
-    variants += [(v.name, variant_recipe(recipe, v.name)) for v in recipe.compare]
-    return [(name, r, s) for name, r in variants for s in seeds]
+    return [(name, r, s) for name, r in rows(recipe) for s in seeds]
+
+
+def baselines(recipe: RecipeBase) -> dict[str, str | None]:
+    """Each row's baseline row: its own `baseline`, else `compare.baseline`, else the first
+    row without distillation (method `baseline`); a row is never its own baseline."""
+    named = rows(recipe)
+    default = recipe.compare.baseline or next(
+        (name for name, r in named if r.method.name == "baseline"), None
+    )
+    own = {v.name: v.baseline for v in recipe.compare.variants}
+    out = {}
+    for name, _ in named:
+        b = own.get(name) or default
+        out[name] = b if b != name else None
+    return out
 
 
 class DataCache:
@@ -146,24 +185,44 @@ def run_one(
     )
 
 
-def tabulate(runs: list[RunSummary], metric: str) -> list[Row]:
-    rows = []
-    for variant in dict.fromkeys(r.variant for r in runs):
+def tabulate(
+    runs: list[RunSummary],
+    metric: str,
+    baseline_of: dict[str, str | None] | None = None,
+    ci: CiMethod = "t",
+) -> list[Row]:
+    """One row per variant (in run order) with its statistics over seeds."""
+    by_variant: dict[str, dict[int, float]] = {}
+    for r in runs:
+        by_variant.setdefault(r.variant, {})[r.seed] = r.test.get(metric, float("nan"))
+    table = []
+    for variant, per_seed in by_variant.items():
         group = [r for r in runs if r.variant == variant]
-        values = [r.test.get(metric, float("nan")) for r in group]
-        rows.append(
+        values = list(per_seed.values())
+        base = (baseline_of or {}).get(variant)
+        delta = paired_delta(per_seed, by_variant[base], ci) if base in by_variant else None
+        mean_ci = interval(values, ci)
+        table.append(
             Row(
                 variant=variant,
                 method=group[0].method,
                 metric=metric,
                 mean=statistics.fmean(values),
-                std=statistics.pstdev(values) if len(values) > 1 else 0.0,
+                std=sample_std(values),
                 n=len(values),
+                seeds=list(per_seed),
                 values=values,
+                mean_ci=list(mean_ci) if mean_ci else None,
+                baseline=base,
+                delta=delta.mean if delta else None,
+                delta_std=delta.std if delta else None,
+                delta_ci=list(delta.ci) if delta and delta.ci else None,
+                delta_seeds=delta.seeds if delta else [],
+                excludes_zero=bool(delta and delta.excludes_zero),
                 wall_time_s=sum(r.wall_time_s for r in group),
             )
         )
-    return rows
+    return table
 
 
 def run(
@@ -177,7 +236,7 @@ def run(
     if resume is not None:
         if recipe is not None or sets:
             raise UsageError("--resume continues a run as it was configured; drop --recipe/--set")
-        r = _load_resumed(resume)
+        r = load_resumed(resume)
         root = resume
     elif recipe is None:
         raise UsageError("--recipe is required (see `cmkd recipes list`), or --resume RUN_DIR")
@@ -226,7 +285,8 @@ def run(
         metric=r.eval.metric,
         teacher=first.model_dump() if first else None,
         runs=runs,
-        table=tabulate(runs, r.eval.metric),
+        table=tabulate(runs, r.eval.metric, baselines(r), r.compare.ci),
+        ci=r.compare.ci,
     )
     if dist.is_main:
         atomic_write_json(root / "results.json", result.model_dump())
@@ -240,17 +300,45 @@ def _uses_teacher(recipe: RecipeBase) -> bool:
 
 
 def render(result: DistillResult) -> Table:
-    t = Table(title=f"{result.name}: test {result.metric} (mean ± std over seeds)")
-    for c in ("variant", "method", result.metric, "seeds", "wall time"):
-        t.add_column(c)
+    """The study table: mean ± std over seeds and the paired delta against the baseline row
+    with its 95% interval; `*` marks a delta whose interval excludes 0."""
+    scale, digits = (100.0, 2) if result.metric == "accuracy" else (1.0, 4)
+    t = Table(
+        title=f"{result.name}: test {result.metric}, mean ± std over seeds; Δ vs baseline "
+        f"paired by seed, 95% CI ({CI_NAMES.get(result.ci, result.ci)}), * excludes 0"
+    )
+    bases = {row.baseline for row in result.table if row.baseline}
+    several = len(bases) > 1
+    columns = ["variant", "method", result.metric, "Δ [95% CI]", "seeds", "wall time"]
+    if several:
+        columns.insert(4, "vs")
+    cells = []
     for row in result.table:
-        t.add_row(
+        line = [
             row.variant,
             row.method,
-            f"{100 * row.mean:.2f} ± {100 * row.std:.2f}"
-            if result.metric == "accuracy"
-            else f"{row.mean:.4f} ± {row.std:.4f}",
-            str(row.n),
-            f"{row.wall_time_s:.1f}s",
-        )
+            f"{scale * row.mean:.{digits}f} ± {scale * row.std:.{digits}f}",
+            _delta_cell(row, scale, digits, row.variant in bases),
+        ]
+        if several:
+            line.append(row.baseline or "")
+        cells.append([*line, str(row.n), f"{row.wall_time_s:.1f}s"])
+    for i, c in enumerate(columns):  # a narrow terminal shortens the method names only
+        width = max([len(c), *(len(line[i]) for line in cells)])
+        t.add_column(c, no_wrap=True, min_width=4 if c == "method" else width)
+    for line in cells:
+        t.add_row(*line)
     return t
+
+
+CI_NAMES = {"t": "paired t", "bootstrap": "bootstrap over seeds"}
+
+
+def _delta_cell(row: Row, scale: float, digits: int, is_baseline: bool) -> str:
+    if row.delta is None:
+        return "(baseline)" if is_baseline else "-"
+    text = f"{scale * row.delta:+.{digits}f}"
+    if row.delta_ci:
+        lo, hi = (scale * v for v in row.delta_ci)
+        text += f" [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+    return text + (" *" if row.excludes_zero else "")

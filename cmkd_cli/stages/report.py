@@ -24,6 +24,7 @@ class ReportResult(BaseModel):
     root: str
     study: dict[str, Any] | None
     runs: list[RunReport]
+    plots: list[str] = []  # the study-level figure (plots/study.png)
 
 
 def _run_dirs(root: Path) -> list[Path]:
@@ -67,24 +68,64 @@ def run(run_dir: Path, plots: bool = True) -> ReportResult:
     if not dirs:
         raise UsageError(f"{run_dir} holds no metrics.jsonl (is it a run directory?)")
     results = run_dir / "results.json"
-    study = json.loads(results.read_text()) if results.exists() and len(dirs) > 1 else None
-    return ReportResult(root=str(run_dir), study=study, runs=[report_run(d, plots) for d in dirs])
+    study = load_study(run_dir) if results.exists() and len(dirs) > 1 else None
+    written = []
+    if study is not None and plots:
+        from cmkd_cli.metrics.plots import plot_study
+        from cmkd_cli.stages.distill import CI_NAMES
+
+        path = plot_study(
+            [row.model_dump() for row in study.table],
+            run_dir / "plots" / "study.png",
+            study.metric,
+            CI_NAMES.get(study.ci, study.ci),
+            scale=100.0 if study.metric == "accuracy" else 1.0,
+            title=f"{study.name}: test {study.metric}",
+        )
+        written.append(str(path))
+    return ReportResult(
+        root=str(run_dir),
+        study=study.model_dump() if study else None,
+        runs=[report_run(d, plots) for d in dirs],
+        plots=written,
+    )
 
 
-def render(result: ReportResult) -> Table | str:
+def load_study(root: Path) -> Any:
+    """A study's `results.json`, its table recomputed from the runs with the statistics and
+    baselines of its `study.yaml` (so a study tabulated by an older cmkd gets them too)."""
+    from cmkd_cli.stages import distill
+
+    path = root / "results.json"
+    try:
+        result = distill.DistillResult.model_validate_json(path.read_text())
+    except ValueError as exc:
+        raise UsageError(f"{path}: not a cmkd results file ({str(exc).splitlines()[0]})") from None
+    if (root / distill.STUDY_FILE).is_file():
+        recipe = distill.load_resumed(root)
+        table = distill.tabulate(
+            result.runs, result.metric, distill.baselines(recipe), recipe.compare.ci
+        )
+        result = result.model_copy(update={"table": table, "ci": recipe.compare.ci})
+    return result
+
+
+def render(result: ReportResult) -> Any:
+    from rich.console import Group
+
+    per_run = [p for r in result.runs for p in r.plots]
     if result.study:
-        t = Table(title=f"{result.study['name']}: test {result.study['metric']}")
-        for c in ("variant", "mean", "std", "seeds", "values"):
-            t.add_column(c)
-        for row in result.study["table"]:
-            t.add_row(
-                row["variant"],
-                f"{row['mean']:.4f}",
-                f"{row['std']:.4f}",
-                str(row["n"]),
-                ", ".join(f"{v:.4f}" for v in row["values"]),
-            )
-        return t
+        from cmkd_cli.stages import distill
+
+        table = distill.render(distill.DistillResult.model_validate(result.study))
+        wrote = [f"wrote {p}" for p in result.plots]
+        if per_run:  # a study's runs: one line, not one per PNG
+            wrote.append(f"wrote {len(per_run)} training-curve PNGs in RUN/plots/ of each run")
+        return Group(table, *wrote)
+    return Group(_run_table(result), *[f"wrote {p}" for p in per_run])
+
+
+def _run_table(result: ReportResult) -> Table:
     rep = result.runs[0]
     keys = sorted({k for r in rep.epochs for k in r if k.startswith(("train/loss/", "val/"))})
     t = Table(title=f"{rep.run_dir}" + (f"  test: {rep.final['test']}" if rep.final else ""))

@@ -116,6 +116,40 @@ def test_compare_variants_are_validated_up_front(tmp_path: Path, base: Path) -> 
         load_recipe(str(bad))
 
 
+def test_compare_baselines_list_and_mapping_forms(tmp_path: Path, base: Path) -> None:
+    from cmkd_cli.stages.distill import baselines
+
+    listed = write(
+        tmp_path / "listed.yaml",
+        "extends: base.yaml\ncompare:\n  - {name: none, set: {method: {name: baseline}}}\n"
+        "  - {name: hot, set: {method.T: 9}}\n  - {name: none2, set: {method: {name: baseline}}}\n"
+        "  - {name: cold, baseline: none2, set: {method.T: 1}}\n",
+    )
+    r = load_recipe(str(listed))
+    assert r.row_names() == ["kd", "none", "hot", "none2", "cold"]
+    # default: the first row without distillation; a row's own `baseline` wins
+    assert baselines(r) == {
+        "kd": "none",
+        "none": None,
+        "hot": "none",
+        "none2": "none",
+        "cold": "none2",
+    }
+    # a mapping extends the list of the parent: `compare.baseline` and the row name merge in
+    child = write(
+        tmp_path / "child.yaml",
+        "extends: listed.yaml\ncompare: {baseline: hot, base_name: main, ci: bootstrap}\n",
+    )
+    r = load_recipe(str(child))
+    assert r.row_names() == ["main", "none", "hot", "none2", "cold"] and r.compare.ci == "bootstrap"
+    assert baselines(r)["main"] == "hot" and baselines(r)["hot"] is None
+    assert baselines(load_recipe(str(listed), ["compare.baseline=null"]))["hot"] == "none"
+    with pytest.raises(UsageError, match=r"compare.baseline: no row 'nope'; rows: kd, none"):
+        load_recipe(str(listed), ["compare.baseline=nope"])
+    with pytest.raises(UsageError, match=r"field `compare.ci`"):
+        load_recipe(str(listed), ["compare.ci=z"])
+
+
 def test_bundled_recipes_all_validate() -> None:
     import re
 

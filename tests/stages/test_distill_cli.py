@@ -26,6 +26,17 @@ def test_quickstart_reduced_writes_table_results_and_runs(cli, tmp_path: Path) -
     for row in out["table"]:
         assert row["n"] == 2 and len(row["values"]) == 2
         assert 0.3 < row["mean"] <= 1.0  # real learning in two epochs on real digits
+        assert row["seeds"] == [1, 2] and len(row["mean_ci"]) == 2
+    # every row is paired by seed with the no-distillation row (compare.baseline's default)
+    base = out["table"][0]
+    assert base["baseline"] is None and base["delta"] is None
+    for row in out["table"][1:]:
+        diffs = [v - b for v, b in zip(row["values"], base["values"], strict=True)]
+        assert row["baseline"] == "baseline" and row["delta_seeds"] == [1, 2]
+        assert row["delta"] == pytest.approx(sum(diffs) / 2)
+        lo, hi = row["delta_ci"]
+        assert lo <= row["delta"] <= hi
+        assert row["excludes_zero"] == (lo > 0 or hi < 0)
     for variant in ("baseline", "kd"):
         for seed in (1, 2):
             run = root / variant / f"seed-{seed}"
@@ -57,6 +68,9 @@ def test_quickstart_reduced_writes_table_results_and_runs(cli, tmp_path: Path) -
     rep = cli("report", root)
     assert rep.code == 0, rep.stderr
     assert "baseline" in rep.stdout and "kd" in rep.stdout
+    assert "Δ [95% CI]" in rep.stdout and "paired t" in rep.stdout
+    study_png = root / "plots" / "study.png"
+    assert study_png.stat().st_size > 5000 and f"wrote {study_png}" in rep.stdout.replace("\n", "")
     assert (root / "kd" / "seed-1" / "plots" / "losses.png").stat().st_size > 1000
     assert (root / "kd" / "seed-1" / "plots" / "validation.png").is_file()
 
@@ -94,7 +108,7 @@ def test_usage_errors_exit_2_with_one_line(cli) -> None:
                 "--recipe",
                 "quickstart",
                 "--set",
-                "method.name=kd",
+                "method.name=nkd",
                 "--set",
                 "teacher.checkpoint=/nowhere/t.pt",
             ),
