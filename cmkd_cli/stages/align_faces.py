@@ -3,7 +3,8 @@
 Each record's `frames` (paths relative to the manifest's folder) go through MTCNN and the
 5-point similarity alignment of `cmkd_cli.data.faces`; frame k of record ID becomes
 OUT/faces/ID/k.png (112x112). OUT/manifest.jsonl holds the input records with
-`faces: [aligned paths]` added (their other paths rewritten to stay valid from OUT);
+`faces: [aligned paths]` added (their paths `audio`, `image` and `frames` rewritten to stay
+valid from OUT; `video` is an id, `idXXXXX/<YouTube id>`, and is kept as it is);
 a record none of whose frames has a face is left out and listed in OUT/skipped.jsonl.
 
 Resumable: an aligned face already on disk is not redone, and a frame that failed leaves
@@ -52,8 +53,8 @@ from cmkd_cli.schema import StrictModel
 FACES_DIR = "faces"
 NO_FACE_SUFFIX = ".noface.txt"
 CONFIG = "config.json"
-#: record fields holding paths relative to the manifest's folder
-PATH_FIELDS = ("audio", "video", "image")
+#: record fields holding paths relative to the manifest's folder (`video` is an id)
+PATH_FIELDS = ("audio", "image")
 
 
 class SkippedRecord(Skipped):

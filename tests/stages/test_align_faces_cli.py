@@ -22,7 +22,13 @@ def tree(tmp_path: Path) -> Path:
     write_text(root / "f/broken.jpg")
     Image.new("RGB", (96, 96), (120, 120, 120)).save(root / "f/grey.png")
     rows = [
-        {"id": "spk1/kate", "speaker": "spk1", "audio": "a/0.wav", "frames": ["f/kate.jpg"]},
+        {
+            "id": "spk1/kate",
+            "speaker": "spk1",
+            "video": "id10001/1zcIwhmdeo4",  # an id (speaker/YouTube id), as readers write it
+            "audio": "a/0.wav",
+            "frames": ["f/kate.jpg"],
+        },
         {"id": "spk2/paul", "speaker": "spk2", "frames": ["f/broken.jpg", "f/paul.jpg"]},
         {"id": "spk3/broken", "speaker": "spk3", "frames": ["f/broken.jpg"]},
         {"id": "spk4/grey", "speaker": "spk4", "frames": ["f/grey.png"]},
@@ -50,6 +56,7 @@ def test_align_faces_writes_faces_manifest_and_skips(cli, tree: Path, tmp_path: 
     # the other paths of a record still point at the same files from OUT
     assert resolve(out / "manifest.jsonl", kate.audio).samefile(tree / "a/0.wav")
     assert resolve(out / "manifest.jsonl", paul.frames[1]).samefile(tree / "f/paul.jpg")
+    assert kate.video == "id10001/1zcIwhmdeo4"  # an id, not a path: kept as it was
 
     reasons = skip_reasons(out)
     assert set(reasons) == {str(tree / "f/broken.jpg"), str(tree / "f/grey.png")}
