@@ -66,8 +66,13 @@ def librispeech_files(speakers: int, per_speaker: int) -> dict[str, list[Path]]:
     return {d.name: sorted(d.glob("*.flac"))[:per_speaker] for d in spk_dirs}
 
 
-def encode_m4a(src: Path, dst: Path, seconds: float = 3.0) -> Path:
-    """The first `seconds` of a real recording as AAC in an .m4a, encoded with PyAV."""
+def encode_m4a(src: Path, dst: Path, seconds: float = 3.0, declare_priming: bool = True) -> Path:
+    """The first `seconds` of a real recording as AAC in an .m4a, encoded with PyAV.
+
+    With `declare_priming` (as the ffmpeg command line makes VoxCeleb2's files) the frames
+    carry timestamps, so the encoder's 1,024 priming samples get negative times and the
+    muxer declares them in the edit list (media time 1024); without, the edit list starts at
+    0 and the priming is undeclared."""
     import av
     import soundfile as sf
 
@@ -78,6 +83,8 @@ def encode_m4a(src: Path, dst: Path, seconds: float = 3.0) -> Path:
         stream = container.add_stream("aac", rate=rate, layout="mono")
         frame = av.AudioFrame.from_ndarray(mono, format="fltp", layout="mono")
         frame.rate = rate
+        if declare_priming:
+            frame.pts = 0
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             container.mux(packet)
     return dst

@@ -5,6 +5,16 @@ AAC in m4a/mp4 and the other FFmpeg containers. Other rates are resampled with
 `torchaudio.functional.resample`, several channels are averaged to mono, and both are
 reported in `AudioInfo.notes()` so a manifest never hides a conversion. Every failure is a
 `DataError` naming the file (empty, truncated, not audio, no audio stream).
+
+AAC priming and padding: an AAC encoder delays the signal by its priming samples (1,024 for
+FFmpeg's encoder) and pads the last frame. An mp4/m4a declares both in its edit list
+(media time 1024, duration = the real length), as FFmpeg-made files such as VoxCeleb2's
+do; decoders that honour it drop the priming and cut the tail. PyAV's FFmpeg drops the
+declared priming itself (checked: an m4a made with priming declared decodes aligned with its
+source to the sample); `load_audio` then cuts the tail to the stream's declared duration
+(less than one frame of padding). A file that declares no priming (edit list from 0, e.g.
+`faces/video.mp4`, whose AAC was stream-copied) keeps whatever delay its encoder left in:
+nothing in the file says how long it is.
 """
 
 from __future__ import annotations
@@ -160,19 +170,33 @@ def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
     return data.T, int(rate)
 
 
+def _declared_samples(stream: Any, rate: int) -> int | None:
+    """The stream's duration in samples as its container declares it (an mp4's edit list)."""
+    if not stream.duration or stream.time_base is None:
+        return None
+    return round(float(stream.duration * stream.time_base) * rate)
+
+
 def _read_av(path: Path) -> tuple[np.ndarray, int]:
+    """Decoded samples `[channels, n]` and rate; the last frame's padding beyond the declared
+    duration is cut (see the module docstring on AAC priming and padding)."""
     import av
 
     chunks: list[np.ndarray] = []
     with open_av_stream(path) as (container, stream):
         rate = int(stream.rate)
+        declared = _declared_samples(stream, rate)
         planar = av.AudioResampler(format="fltp")  # same rate and layout, planar float
         for frame in container.decode(stream):
             chunks.extend(out.to_ndarray() for out in planar.resample(frame))
         chunks.extend(out.to_ndarray() for out in planar.resample(None))
+        frame_size = stream.codec_context.frame_size or 2048
     if not chunks:
         raise DataError(f"{path}: no audio samples could be decoded")
-    return np.concatenate(chunks, axis=1), rate
+    samples = np.concatenate(chunks, axis=1)
+    if declared is not None and 0 < samples.shape[1] - declared < frame_size:
+        samples = samples[:, :declared]
+    return samples, rate
 
 
 def resample(samples: np.ndarray, source_rate: int, sample_rate: int) -> np.ndarray:
