@@ -34,6 +34,7 @@ from pydantic import Field
 from cmkd_cli.data.manifest import Skipped, write_classes
 from cmkd_cli.errors import DataError
 from data_prep.common import (
+    OfficialSize,
     PrepareOptions,
     PrepareResult,
     Task,
@@ -46,6 +47,16 @@ from data_prep.common import (
 )
 
 SPLIT_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
+#: Tian et al., "Audio-Visual Event Localization in Unconstrained Videos", ECCV 2018, Sec. 3:
+#: 4,143 samples of 28 event categories; its split files trainSet/valSet/testSet.txt hold
+#: 3,339 / 402 / 402 of them (one line each)
+AVE_SOURCE = "Tian et al., ECCV 2018, Sec. 3 + its split files"
+AVE_SIZES = (
+    OfficialSize(3_339, AVE_SOURCE, ("train",)),
+    OfficialSize(402, AVE_SOURCE, ("val",)),
+    OfficialSize(402, AVE_SOURCE, ("test",)),
+    OfficialSize(28, AVE_SOURCE, (), "classes"),
+)
 
 
 class AVEOptions(PrepareOptions):
@@ -152,6 +163,7 @@ def prepare_ave(opts: AVEOptions) -> PrepareResult:
     annotations = root / "Annotations.txt"
     if annotations.is_file():
         categories = {row[0] for row in read_annotations(annotations, [])} or categories
-    result = prepare_tasks("ave", opts, list(tasks.values()), audio_visual_worker, skipped, started)
+    tasks_ = list(tasks.values())
+    result = prepare_tasks("ave", opts, tasks_, audio_visual_worker, skipped, started, AVE_SIZES)
     write_classes(opts.out, [(c, c) for c in sorted(categories)])
     return result.model_copy(update={"extra": {"classes": len(categories)}})

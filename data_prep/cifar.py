@@ -27,6 +27,7 @@ from cmkd_cli.data.manifest import write_classes
 from cmkd_cli.errors import DataError
 from cmkd_cli.io import atomic_path
 from data_prep.common import (
+    OfficialSize,
     Outcome,
     PrepareOptions,
     PrepareResult,
@@ -121,6 +122,16 @@ def _worker(task: Task) -> Outcome:
     return Outcome(key=task.key, record=record, outputs=[str(out)], decoded=1)
 
 
+#: Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", 2009 (and the CIFAR
+#: page): 100 classes, 50,000 training and 10,000 test images
+CIFAR_SOURCE = "Krizhevsky 2009, CIFAR-100"
+CIFAR_SIZES = (
+    OfficialSize(50_000, CIFAR_SOURCE, ("train", "val"), name="train"),
+    OfficialSize(10_000, CIFAR_SOURCE, ("test",)),
+    OfficialSize(100, CIFAR_SOURCE, (), "classes"),
+)
+
+
 @register_reader(
     "cifar100",
     CifarOptions,
@@ -151,6 +162,6 @@ def prepare_cifar100(opts: CifarOptions) -> PrepareResult:
                 "out": str(opts.out),
             }
             tasks.append(Task(key, (str(source if source.is_file() else source / part),), params))
-    result = prepare_tasks("cifar100", opts, tasks, _worker, (), started)
+    result = prepare_tasks("cifar100", opts, tasks, _worker, (), started, CIFAR_SIZES)
     write_classes(opts.out, [(n, n) for n in names])
     return result

@@ -24,6 +24,7 @@ from cmkd_cli.data.manifest import Skipped
 from cmkd_cli.errors import DataError
 from cmkd_cli.io import atomic_write_text
 from data_prep.common import (
+    OfficialSize,
     Outcome,
     PrepareOptions,
     PrepareResult,
@@ -38,6 +39,9 @@ from data_prep.common import (
 )
 
 TRIALS = "trials.txt"
+#: Fan et al., "CN-Celeb: a challenging Chinese speaker recognition dataset", ICASSP 2020
+#: (abstract: "more than 130,000 utterances from 1,000 Chinese celebrities")
+CNCELEB_SPEAKERS = OfficialSize(1_000, "Fan et al., ICASSP 2020", ("dev", "heldout"), "speakers")
 _LABELS = {"1": 1, "target": 1, "0": 0, "nontarget": 0}
 
 
@@ -149,6 +153,20 @@ def _eval_tasks(root: Path, common: dict) -> tuple[list[Task], list[tuple[int, s
     return list(tasks.values()), trials
 
 
+def _listed_sizes(root: Path, eval_tasks: list[Task]) -> list[OfficialSize]:
+    """What the corpus's own lists name: dev speakers, enrollment and test files."""
+    sizes = []
+    dev_list = root / "dev" / "dev.lst"
+    if dev_list.is_file():
+        dev = len(set(dev_list.read_text().split()))
+        sizes.append(OfficialSize(dev, "dev/dev.lst", ("dev",), "speakers"))
+    for split, lst in (("enroll", "enroll.lst"), ("test", "trials.lst")):
+        n = sum(t.params["split"] == split for t in eval_tasks)
+        if n:
+            sizes.append(OfficialSize(n, f"eval/lists/{lst}", (split,)))
+    return sizes
+
+
 @register_reader(
     "cnceleb",
     CNCelebOptions,
@@ -174,7 +192,8 @@ def prepare_cnceleb(opts: CNCelebOptions) -> PrepareResult:
         "trials_dropped": len(trials) - len(usable),
         "trials_file": str(Path(opts.out) / TRIALS),
     }
-    result = finish("cnceleb", opts, outcomes, reused, started, skipped, extra)
+    sizes = [CNCELEB_SPEAKERS, *_listed_sizes(root, eval_tasks)]
+    result = finish("cnceleb", opts, outcomes, reused, started, skipped, extra, sizes)
     if trials and not usable:
         (Path(opts.out) / TRIALS).unlink(missing_ok=True)  # no stale list from an earlier run
         lost = next(f for t in trials for f in t[1:] if f not in kept)

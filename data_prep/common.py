@@ -7,7 +7,9 @@ module-level worker `Task -> Outcome`, and calls `prepare_tasks`. This module th
   resumes where it stopped and a second run decodes nothing);
 - runs the other tasks in `workers` processes behind a progress bar;
 - turns a `DataError` raised for a file into a line of OUT/skipped.jsonl, never a crash;
-- writes OUT/manifest.jsonl and OUT/skipped.jsonl atomically and returns a `PrepareResult`.
+- writes OUT/manifest.jsonl and OUT/skipped.jsonl atomically and returns a `PrepareResult`,
+  whose `completeness` compares what was written with the dataset's published sizes
+  (`OfficialSize`, each citing where its figure comes from), so a partial copy shows at once.
 `prepare_audio` and `prepare_frames` are the per-file steps most readers need.
 """
 
@@ -24,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -54,6 +56,62 @@ class PrepareOptions(StrictModel):
     min_duration: float = Field(0.5, ge=0, description="skip audio shorter than this many seconds")
 
 
+@dataclass(frozen=True)
+class OfficialSize:
+    """A size of a dataset as published (`source` says where), checked against the manifest.
+
+    Counts the records of the manifest `splits` (all when empty; `label`: only records with
+    that label, e.g. a MUSAN category) as `what`: records, distinct speakers or distinct
+    labels (classes). `name` is the split's name in the source when it differs (e.g. CIFAR's
+    `train`, which the reader divides into train and val)."""
+
+    count: int
+    source: str
+    splits: tuple[str, ...] = ()
+    what: Literal["records", "speakers", "classes"] = "records"
+    label: str | None = None
+    name: str | None = None
+
+    def found(self, records: Sequence[Record]) -> int:
+        rows = [
+            r
+            for r in records
+            if (not self.splits or r.split in self.splits)
+            and (self.label is None or r.label == self.label)
+        ]
+        if self.what == "speakers":
+            return len({r.speaker for r in rows if r.speaker})
+        if self.what == "classes":
+            return len({r.label for r in rows if r.label is not None})
+        return len(rows)
+
+
+class SizeCheck(StrictModel):
+    """Found against expected for one published size."""
+
+    split: str
+    what: str
+    found: int
+    expected: int
+    source: str
+
+
+def check_sizes(records: Sequence[Record], sizes: Iterable[OfficialSize]) -> list[SizeCheck]:
+    """One `SizeCheck` per published size."""
+    return [
+        SizeCheck(
+            split=size.name
+            or ("+".join(size.splits) if size.splits else "all")
+            + (f" ({size.label})" if size.label else ""),
+            what=size.what,
+            found=size.found(records),
+            expected=size.count,
+            source=size.source,
+        )
+        for size in sizes
+    ]
+
+
 class PrepareResult(StrictModel):
     """What a `prepare` run did; printed as a table, or as JSON with --json."""
 
@@ -72,6 +130,9 @@ class PrepareResult(StrictModel):
     notes: dict[str, int] = Field(description="conversions applied (resampled, downmixed, ...)")
     skip_reasons: dict[str, int]
     extra: dict[str, Any] = Field(default_factory=dict)
+    completeness: list[SizeCheck] = Field(
+        default_factory=list, description="found vs expected per split, from published sizes"
+    )
     seconds: float
 
 
@@ -468,8 +529,10 @@ def finish(
     started: float,
     scan_skipped: Iterable[Skipped] = (),
     extra: dict[str, Any] | None = None,
+    sizes: Iterable[OfficialSize] = (),
 ) -> PrepareResult:
-    """Write OUT/manifest.jsonl + OUT/skipped.jsonl atomically and summarise the run."""
+    """Write OUT/manifest.jsonl + OUT/skipped.jsonl atomically and summarise the run
+    (with found vs expected for each published size in `sizes`)."""
     outcomes = list(outcomes)
     records = [Record.model_validate(o.record) for o in outcomes if o.record is not None]
     skipped = list(scan_skipped) + [s for o in outcomes for s in o.skipped]
@@ -491,6 +554,7 @@ def finish(
         notes=dict(sorted(notes.items())),
         skip_reasons=dict(sorted(Counter(reason_kind(s.reason) for s in skipped).items())),
         extra=extra or {},
+        completeness=check_sizes(records, sizes),
         seconds=round(time.perf_counter() - started, 3),
     )
 
@@ -502,10 +566,11 @@ def prepare_tasks(
     worker: Callable[[Task], Outcome],
     scan_skipped: Iterable[Skipped] = (),
     started: float | None = None,
+    sizes: Iterable[OfficialSize] = (),
 ) -> PrepareResult:
     """The whole of a simple reader after its scan: run the tasks, write the manifest."""
     started = time.perf_counter() if started is None else started
     if not tasks:
         raise DataError(f"{opts.root}: no {dataset} files found in the expected layout")
     outcomes, reused = run_tasks(dataset, Path(opts.out), tasks, worker, opts.workers)
-    return finish(dataset, opts, outcomes, reused, started, scan_skipped)
+    return finish(dataset, opts, outcomes, reused, started, scan_skipped, sizes=sizes)

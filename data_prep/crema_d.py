@@ -25,6 +25,7 @@ from pydantic import Field
 from cmkd_cli.data.manifest import Skipped, write_classes
 from cmkd_cli.errors import DataError
 from data_prep.common import (
+    OfficialSize,
     PrepareOptions,
     PrepareResult,
     audio_visual_task,
@@ -47,6 +48,13 @@ EMOTIONS = {
 }
 CLIP_NAME = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})$")
 TEST_SHARE = 744 / 7442  # the standard split's test share
+#: Cao et al., "CREMA-D: Crowd-sourced Emotional Multimodal Actors Dataset", IEEE Trans.
+#: Affective Computing 2014: 7,442 clips of 91 actors, 6 emotions
+CREMA_D_SOURCE = "Cao et al., IEEE TAC 2014"
+CREMA_D_SIZES = (
+    OfficialSize(7_442, CREMA_D_SOURCE),
+    OfficialSize(91, CREMA_D_SOURCE, (), "speakers"),
+)
 
 
 class CremaDOptions(PrepareOptions):
@@ -114,6 +122,8 @@ def prepare_crema_d(opts: CremaDOptions) -> PrepareResult:
             "level": level,
         }
         tasks.append(audio_visual_task(name, wav, flv, opts, record, frames=opts.frames))
-    result = prepare_tasks("crema-d", opts, tasks, audio_visual_worker, skipped, started)
+    result = prepare_tasks(
+        "crema-d", opts, tasks, audio_visual_worker, skipped, started, CREMA_D_SIZES
+    )
     write_classes(opts.out, list(EMOTIONS.items()))
     return result

@@ -16,6 +16,7 @@ from pydantic import Field
 from cmkd_cli.data.audio import AUDIO_EXTS
 from cmkd_cli.errors import UsageError
 from data_prep.common import (
+    OfficialSize,
     Outcome,
     PrepareOptions,
     PrepareResult,
@@ -28,6 +29,10 @@ from data_prep.common import (
 )
 
 CATEGORIES = ("music", "noise", "speech")
+#: Snyder, Chen & Povey, "MUSAN: A Music, Speech, and Noise Corpus", arXiv:1510.08484
+#: (2015), Table 1: 660 music, 426 speech and 930 noise files
+MUSAN_FILES = {"music": 660, "speech": 426, "noise": 930}
+MUSAN_SOURCE = "Snyder et al., MUSAN, arXiv:1510.08484, Table 1"
 
 
 class MusanOptions(PrepareOptions):
@@ -80,4 +85,5 @@ def prepare_musan(opts: MusanOptions) -> PrepareResult:
                 "min_duration": opts.min_duration,
             }
             tasks.append(Task(rel.with_suffix("").as_posix(), (str(path),), params))
-    return prepare_tasks("musan", opts, tasks, _worker, (), started)
+    sizes = [OfficialSize(MUSAN_FILES[c], MUSAN_SOURCE, label=c) for c in opts.categories]
+    return prepare_tasks("musan", opts, tasks, _worker, (), started, sizes)

@@ -51,6 +51,7 @@ from cmkd_cli.data.manifest import write_classes
 from cmkd_cli.errors import DataError, UsageError
 from cmkd_cli.io import atomic_path
 from data_prep.common import (
+    OfficialSize,
     Outcome,
     PrepareOptions,
     PrepareResult,
@@ -64,6 +65,10 @@ MAT = "nyu_depth_v2_labeled.mat"
 SPLITS = "splits.mat"
 MAPPING = "classMapping40.mat"
 MAPPING13 = "class13Mapping.mat"
+#: Silberman et al., "Indoor Segmentation and Support Inference from RGBD Images", ECCV 2012:
+#: 1,449 labelled images; the standard split (splits.mat, Gupta et al. CVPR 2013) 795 / 654
+NYU_SOURCE = "Silberman et al., ECCV 2012; splits.mat"
+NYU_SIZES = (OfficialSize(795, NYU_SOURCE, ("train",)), OfficialSize(654, NYU_SOURCE, ("test",)))
 IGNORE = 255
 #: the names of the 40 classes of Gupta et al., used when a 40-class mapping has no className
 NYU40 = (
@@ -373,7 +378,7 @@ def prepare_nyu_depth_v2(opts: NYUOptions) -> PrepareResult:
         )
         for i, split in sorted(split_of.items())
     ]
-    result = prepare_tasks("nyu-depth-v2", opts, tasks, _worker, (), started)
+    result = prepare_tasks("nyu-depth-v2", opts, tasks, _worker, (), started, NYU_SIZES)
     write_classes(opts.out, [(str(k), name) for k, name in enumerate(names)])
     result.extra = {"classes": len(names), "depth_encoding": opts.depth_encoding}
     return result

@@ -22,6 +22,7 @@ from pydantic import Field
 from cmkd_cli.data.manifest import Skipped, write_classes
 from cmkd_cli.errors import DataError
 from data_prep.common import (
+    OfficialSize,
     PrepareOptions,
     PrepareResult,
     Task,
@@ -78,6 +79,16 @@ def read_val_annotations(root: Path, skipped: list[Skipped]) -> dict[str, str]:
     return out
 
 
+#: Stanford CS231n's Tiny ImageNet (tiny-imagenet-200): 200 classes, 500 training and 50
+#: validation images each (100,000 / 10,000); the validation images are the test split here
+TINY_SOURCE = "CS231n Tiny ImageNet (tiny-imagenet-200)"
+TINY_IMAGENET_SIZES = (
+    OfficialSize(100_000, TINY_SOURCE, ("train", "val"), name="train"),
+    OfficialSize(10_000, TINY_SOURCE, ("test",), name="val (test here)"),
+    OfficialSize(200, TINY_SOURCE, (), "classes"),
+)
+
+
 @register_reader(
     "tiny-imagenet",
     TinyImageNetOptions,
@@ -110,6 +121,8 @@ def prepare_tiny_imagenet(opts: TinyImageNetOptions) -> PrepareResult:
         split = "val" if key in val else split
         params = {"record": {"split": split, "label": wnid}}
         tasks.append(Task(key, (os.path.abspath(image),), params))
-    result = prepare_tasks("tiny-imagenet", opts, tasks, image_worker, skipped, started)
+    result = prepare_tasks(
+        "tiny-imagenet", opts, tasks, image_worker, skipped, started, TINY_IMAGENET_SIZES
+    )
     write_classes(opts.out, [(w, words.get(w, w)) for w in wnids])
     return result

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from pydantic import Field
 from cmkd_cli.data.manifest import Skipped, write_classes
 from cmkd_cli.errors import DataError
 from data_prep.common import (
+    OfficialSize,
     PrepareOptions,
     PrepareResult,
     Task,
@@ -59,6 +61,10 @@ def read_csv(path: Path, skipped: list[Skipped]) -> list[tuple[str, int, str, st
             except ValueError:
                 skipped.append(skip(f"{path}:{n}", f"expected ytid,start,label,split, got {row}"))
     return rows
+
+
+#: Chen et al., "VGGSound: A Large-scale Audio-Visual Dataset", ICASSP 2020: 309 classes
+VGGSOUND_CLASSES = OfficialSize(309, "Chen et al., ICASSP 2020", (), "classes")
 
 
 def choose_classes(labels: set[str], count: int, seed: int) -> list[str]:
@@ -113,8 +119,16 @@ def prepare_vggsound(opts: VGGSoundOptions) -> PrepareResult:
             "video_start": start,  # seconds into the YouTube video (the clip starts there)
         }
         tasks[key] = audio_visual_task(key, mp4, mp4, opts, record, frames=opts.frames)
+    # the csv is the official clip list: how many of its clips this copy holds
+    listed = [
+        OfficialSize(
+            n, "vggsound.csv (clips listed)", (split,) if split == "test" else ("train", "val")
+        )
+        for split, n in sorted(Counter(r[3] for r in rows).items())
+    ]
+    sizes = listed + ([VGGSOUND_CLASSES] if opts.classes in (0, VGGSOUND_CLASSES.count) else [])
     result = prepare_tasks(
-        "vggsound", opts, list(tasks.values()), audio_visual_worker, skipped, started
+        "vggsound", opts, list(tasks.values()), audio_visual_worker, skipped, started, sizes
     )
     write_classes(opts.out, [(c, c) for c in chosen])
     return result.model_copy(update={"extra": {"classes": len(chosen)}})

@@ -18,8 +18,9 @@ from pathlib import Path
 from pydantic import Field
 
 from cmkd_cli.data.manifest import Skipped
-from cmkd_cli.errors import DataError
+from cmkd_cli.errors import DataError, UsageError
 from data_prep.common import (
+    OfficialSize,
     Outcome,
     PrepareOptions,
     PrepareResult,
@@ -35,6 +36,28 @@ from data_prep.common import (
 
 # The 40 VoxCeleb1 test speakers (the original "O" trial list): id10270 .. id10309.
 VOX1_TEST_SPEAKERS = range(10270, 10310)
+
+#: VoxCeleb2: Chung, Nagrani & Zisserman, "VoxCeleb2: Deep Speaker Recognition",
+#: Interspeech 2018, Table 1 (dev 5,994 speakers / 1,092,009 utterances; test 118 / 36,237)
+VOX2_SOURCE = "Chung et al., VoxCeleb2, Interspeech 2018, Table 1"
+VOX2_SIZES = (
+    OfficialSize(1_092_009, VOX2_SOURCE, ("dev",)),
+    OfficialSize(5_994, VOX2_SOURCE, ("dev",), "speakers"),
+    OfficialSize(36_237, VOX2_SOURCE, ("test",)),
+    OfficialSize(118, VOX2_SOURCE, ("test",), "speakers"),
+)
+#: VoxCeleb1: Nagrani, Chung & Zisserman, "VoxCeleb: a large-scale speaker identification
+#: dataset", Interspeech 2017 (1,251 speakers, 153,516 utterances; verification split: dev
+#: 1,211 / 148,642, test 40 / 4,874), as on the VoxCeleb1 web page
+VOX1_SOURCE = "Nagrani et al., VoxCeleb, Interspeech 2017 (verification split)"
+VOX1_DEV = (
+    OfficialSize(148_642, VOX1_SOURCE, ("dev",)),
+    OfficialSize(1_211, VOX1_SOURCE, ("dev",), "speakers"),
+)
+VOX1_TEST = (
+    OfficialSize(4_874, VOX1_SOURCE, ("test",)),
+    OfficialSize(40, VOX1_SOURCE, ("test",), "speakers"),
+)
 
 
 class VoxCeleb2Options(PrepareOptions):
@@ -154,7 +177,7 @@ def prepare_voxceleb2(opts: VoxCeleb2Options) -> PrepareResult:
                 "min_duration": opts.min_duration,
             }
             tasks.append(Task(key, inputs, params))
-    return prepare_tasks("voxceleb2", opts, tasks, _vox2_worker, skipped, started)
+    return prepare_tasks("voxceleb2", opts, tasks, _vox2_worker, skipped, started, VOX2_SIZES)
 
 
 def _vox1_worker(task: Task) -> Outcome:
@@ -185,7 +208,14 @@ def vox1_split(speaker: str) -> str:
 
 
 def _vox1_roots(root: Path, merge: bool) -> list[Path]:
+    """The speaker folders to read; `--merge-dev-test` only applies to the two-zip layout."""
     if (root / "wav").is_dir():
+        if merge:
+            raise UsageError(
+                f"--merge-dev-test: {root / 'wav'} is one folder, read as it is (it holds the "
+                "dev and test speakers that were unpacked into it); the flag merges "
+                "ROOT/vox1_dev_wav/ and ROOT/vox1_test_wav/: drop it"
+            )
         return [root / "wav"]
     test, dev = root / "vox1_test_wav", root / "vox1_dev_wav"
     roots = [_speaker_folder_root(d) for d in ((dev, test) if merge else (test,)) if d.is_dir()]
@@ -209,7 +239,8 @@ def prepare_voxceleb1(opts: VoxCeleb1Options) -> PrepareResult:
     gender = read_gender_meta(opts.meta) if opts.meta else {}
     tasks: dict[str, Task] = {}
     skipped: list[Skipped] = []
-    for base in _vox1_roots(root, opts.merge_dev_test):
+    roots = _vox1_roots(root, opts.merge_dev_test)
+    for base in roots:
         for path in files_under(base, "*/*/*"):
             if path.suffix.lower() != ".wav":
                 skipped.append(skip(path, "unexpected file type (expected .wav)"))
@@ -228,4 +259,7 @@ def prepare_voxceleb1(opts: VoxCeleb1Options) -> PrepareResult:
                 "min_duration": opts.min_duration,
             }
             tasks[key] = Task(key, (str(path),), params)
-    return prepare_tasks("voxceleb1", opts, list(tasks.values()), _vox1_worker, skipped, started)
+    test_only = roots == [_speaker_folder_root(root / "vox1_test_wav")]
+    sizes = VOX1_TEST if test_only else VOX1_DEV + VOX1_TEST
+    tasks_ = list(tasks.values())
+    return prepare_tasks("voxceleb1", opts, tasks_, _vox1_worker, skipped, started, sizes)

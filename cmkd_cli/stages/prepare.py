@@ -51,7 +51,23 @@ def run(name: str, **options: Any):
         err = exc.errors()[0]
         flag = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-")
         raise UsageError(f"prepare {name}: {flag}: {err['msg']}") from None
-    return reader.prepare(opts)
+    result = reader.prepare(opts)
+    short = [c for c in result.completeness if c.found < c.expected]
+    if short:
+        console.warn(
+            f"this copy of {name} is partial: "
+            + "; ".join(f"{c.split} {c.what} {c.found:,} of {c.expected:,}" for c in short)
+        )
+    return result
+
+
+def completeness_rows(result) -> list[list[Any]]:
+    """`found / expected` per published size, with its share and source."""
+    rows = []
+    for c in result.completeness:
+        share = f"{100 * c.found / c.expected:.1f}%" if c.expected else "-"
+        rows.append([f"{c.split} {c.what}", f"{c.found:,} / {c.expected:,} ({share}; {c.source})"])
+    return rows
 
 
 def render(result) -> Table:
@@ -67,6 +83,9 @@ def render(result) -> Table:
     rows += [[f"  {reason}", n] for reason, n in result.skip_reasons.items()]
     rows += [[f"note: {note}", n] for note, n in result.notes.items()]
     rows += [[key, value] for key, value in result.extra.items()]
+    if result.completeness:
+        rows.append(["found / expected", ""])
+        rows += [[f"  {k}", v] for k, v in completeness_rows(result)]
     rows.append(["seconds", result.seconds])
     return console.table(f"prepare {result.dataset}", ["", "value"], rows)
 

@@ -67,6 +67,13 @@ def test_one_record_per_annotation_line_with_frames_classes_and_skips(tmp_path: 
     assert "event segment 0-0 s is empty" in reasons[f"{root / 'trainSet.txt'}:4"]
     assert any(p.endswith("testSet.txt:4") for p in reasons)  # the malformed line
     assert (res.records, res.skipped, res.splits) == (6, 4, {"test": 2, "train": 3, "val": 1})
+    sizes = {(c.split, c.what): (c.found, c.expected) for c in res.completeness}
+    assert sizes == {
+        ("train", "records"): (3, 3_339),
+        ("val", "records"): (1, 402),
+        ("test", "records"): (2, 402),
+        ("all", "classes"): (4, 28),
+    }
 
     again = prepare_ave(AVEOptions(root=root, out=out, workers=1))
     assert (again.decoded, again.reused, again.records) == (0, 8, 6)

@@ -50,6 +50,10 @@ def test_rgb_depth_and_40_class_labels_with_the_standard_split(tmp_path: Path) -
     records = {r.id: r for r in read_manifest(out)}
     assert sorted(records) == ["0001", "0002", "0004", "0005", "0006"]  # 0003: bad label
     assert res.splits == {"test": 2, "train": 3}
+    assert [(c.split, c.found, c.expected) for c in res.completeness] == [
+        ("train", 3, 795),
+        ("test", 2, 654),
+    ]
     assert records["0002"].split == "test" and records["0006"].split == "train"
     reasons = skip_reasons(out)
     assert list(reasons) == [str(root / "nyu_depth_v2_labeled.mat")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.fixtures_layouts import add_bad_wavs, musan_tree, voxceleb1_tree
+from tests.fixtures_layouts import add_bad_wavs, cnceleb_tree, musan_tree, voxceleb1_tree
 
 
 def test_prepare_voxceleb1_json_files_and_rerun(cli, tmp_path: Path) -> None:
@@ -53,3 +53,52 @@ def test_prepare_table_help_and_errors(cli, tmp_path: Path) -> None:
     assert bad.code == 2 and "--frames" in bad.stderr
     unknown = cli("prepare", "timit", "--root", root)
     assert unknown.code == 2
+
+
+def test_found_vs_expected_per_split_from_the_published_sizes(cli, tmp_path: Path) -> None:
+    root = voxceleb1_tree(tmp_path / "vox1")
+    out = tmp_path / "out"
+    res = cli("--json", "prepare", "voxceleb1", "--root", root, "--out", out, "--workers", "1")
+    assert res.code == 0, res.stderr
+    checks = {
+        (c["split"], c["what"]): (c["found"], c["expected"]) for c in res.json()["completeness"]
+    }
+    assert checks == {
+        ("dev", "records"): (4, 148_642),
+        ("dev", "speakers"): (2, 1_211),
+        ("test", "records"): (2, 4_874),
+        ("test", "speakers"): (1, 40),
+    }
+    assert all("Nagrani et al." in c["source"] for c in res.json()["completeness"])
+    assert "warning: this copy of voxceleb1 is partial: dev records 4 of 148,642" in res.stderr
+    table = cli("prepare", "voxceleb1", "--root", root, "--out", out, "--workers", "1")
+    assert "test speakers" in table.stdout and "1 / 40 (2.5%" in table.stdout
+
+    # lists a corpus ships are the expectation too: CN-Celeb's enroll.lst and trials.lst
+    cn = cli(
+        "--json",
+        "prepare",
+        "cnceleb",
+        "--root",
+        cnceleb_tree(tmp_path / "cn"),
+        "--out",
+        tmp_path / "cn-out",
+        "--workers",
+        "1",
+    )
+    checks = {
+        (c["split"], c["what"]): (c["found"], c["expected"], c["source"])
+        for c in cn.json()["completeness"]
+    }
+    assert checks[("enroll", "records")] == (2, 2, "eval/lists/enroll.lst")
+    assert checks[("test", "records")] == (2, 3, "eval/lists/trials.lst")  # one file missing
+    assert checks[("dev", "speakers")] == (1, 1, "dev/dev.lst")
+    assert checks[("dev+heldout", "speakers")] == (2, 1_000, "Fan et al., ICASSP 2020")
+
+
+def test_merge_dev_test_on_the_wav_layout_is_refused(cli, tmp_path: Path) -> None:
+    root = voxceleb1_tree(tmp_path / "vox1")
+    res = cli("prepare", "voxceleb1", "--root", root, "--out", tmp_path / "o", "--merge-dev-test")
+    assert res.code == 2
+    assert f"--merge-dev-test: {root / 'wav'} is one folder, read as it is" in res.stderr
+    assert "drop it" in res.stderr and not (tmp_path / "o" / "manifest.jsonl").exists()
