@@ -252,7 +252,12 @@ OriginalOpt = Annotated[
     bool, typer.Option("--original", help="the original VoxCeleb lists instead of the cleaned")
 ]
 MusanOpt = Annotated[Path | None, typer.Option("--musan", help="MUSAN root or its manifest")]
-DetOpt = Annotated[Path | None, typer.Option("--det", help="write DET curve PNG(s) here")]
+DetOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--det", help="DET curve PNG (several lists/levels: PATH-<list>[-snrN].png beside it)"
+    ),
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto|cpu|cuda")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="utterances per forward pass")]
 CropsOpt = Annotated[int, typer.Option("--crops", help="evenly spaced crops per utterance")]
@@ -397,17 +402,37 @@ def cross_match(
     batch_size: BatchOpt = 8,
     crops: CropsOpt = 10,
     crop_seconds: CropSecondsOpt = 4.0,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            "--split",
+            help="records to draw from (default: the held-out split, the recipe's "
+            "face_eval_split or test; `all` for every record)",
+        ),
+    ] = None,
 ) -> None:
     """Cross-modal matching with student and projected teacher embeddings (paper A).
 
     Speaker checkpoints: reads a manifest with audio and aligned faces (align-faces) and
-    scores audio -> 2 faces and face -> 2 audios triplets. Classification checkpoints: each
-    test sample against every class's teacher embedding. Prints accuracy and chance.
+    scores audio -> 2 faces and face -> 2 audios triplets drawn from the records of one
+    split (held-out speakers by default). Classification checkpoints: each sample of the
+    split against every class's teacher embedding. Prints accuracy, chance and the number
+    of distinct records the trials used.
     """
     from cmkd_cli.stages import cross_match as stage
 
     result = stage.run(
-        checkpoint, manifest, fbank, triplets, hard, seed, device, batch_size, crops, crop_seconds
+        checkpoint,
+        manifest,
+        fbank,
+        triplets,
+        hard,
+        seed,
+        device,
+        batch_size,
+        crops,
+        crop_seconds,
+        split,
     )
     console.emit(result, stage.render(result))
 

@@ -149,8 +149,15 @@ def apply_set(data: dict[str, Any], parts: list[str], value: Any, origin: str) -
         node[last] = value
 
 
+#: a variable set to one of these makes a field that is only `${name}` null (e.g. no file)
+NONE_VALUES = ("none", "null")
+
+
 def resolve_vars(obj: Any, variables: dict[str, str], field: str = "") -> Any:
-    """Replace `${name}` in strings from `variables`, then the environment (name or CMKD_NAME)."""
+    """Replace `${name}` in strings from `variables`, then the environment (name or CMKD_NAME).
+
+    A field that is exactly `${name}` becomes null when the value is `none` or `null`
+    (`--var face_teacher=none`: no face checkpoint, so the teacher gets trained)."""
     if isinstance(obj, dict):
         return {
             k: resolve_vars(v, variables, f"{field}.{k}" if field else k) for k, v in obj.items()
@@ -170,9 +177,12 @@ def resolve_vars(obj: Any, variables: dict[str, str], field: str = "") -> Any:
                     return source
             raise UsageError(
                 f"field `{field}`: variable ${{{name}}} is not set; pass --var {name}=PATH "
-                f"or set CMKD_{name.upper()}"
+                f"(or {name}=none for no file) or set CMKD_{name.upper()}"
             )
 
+        whole = _VAR.fullmatch(obj)
+        if whole and sub(whole).strip().lower() in NONE_VALUES:
+            return None
         return _VAR.sub(sub, obj)
     return obj
 

@@ -20,13 +20,15 @@ def track(
     status: Callable[[], str] | None = None,
     plain_every_s: float | None = None,
     transient: bool = False,
+    size: Callable[[T], int] | None = None,
 ) -> Iterator[T]:
     """Iterate `items` while showing progress on stderr (silent with --quiet/--json).
 
     `status()` adds a short text to the bar and lines (e.g. the current loss). Off a TTY a
     line is printed every `every` items (default a tenth of `total`), or, with
     `plain_every_s`, at most once per that many seconds (short loops then print nothing);
-    a `transient` bar is removed when done.
+    a `transient` bar is removed when done. `size(item)`: how many units an item counts for
+    (e.g. the utterances of a batch; `total` is then in those units too).
     """
     if total is None:
         try:
@@ -37,16 +39,18 @@ def track(
         yield from items
         return
     if sys.stderr.isatty():
-        yield from _rich_bar(items, total, description, status, transient)
+        yield from _rich_bar(items, total, description, status, transient, size)
         return
     every = every or max(1, (total or 100) // 10)
     start = last = time.perf_counter()
-    n = 0
-    for n, item in enumerate(items, 1):
+    n = mark = 0
+    for item in items:
         yield item
+        n += size(item) if size else 1
         now = time.perf_counter()
-        due = now - last >= plain_every_s if plain_every_s else n % every == 0 or n == total
+        due = now - last >= plain_every_s if plain_every_s else n - mark >= every or n == total
         if due:
+            mark = n
             last = now
             rate = n / max(now - start, 1e-9)
             of = f"/{total}" if total else ""
@@ -60,6 +64,7 @@ def _rich_bar(
     description: str,
     status: Callable[[], str] | None,
     transient: bool,
+    size: Callable[[T], int] | None = None,
 ) -> Iterator[T]:
     from rich.progress import (
         BarColumn,
@@ -82,4 +87,5 @@ def _rich_bar(
         task = bar.add_task(description, total=total, status="")
         for item in items:
             yield item
-            bar.update(task, advance=1, status=status() if status else "")
+            advance = size(item) if size else 1
+            bar.update(task, advance=advance, status=status() if status else "")

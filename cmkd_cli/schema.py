@@ -38,6 +38,11 @@ class DataConfig(StrictModel):
     num_workers: int = Field(0, ge=0)
     drop_last: bool = True
 
+    def identity(self) -> dict[str, Any]:
+        """What the samples are (dataset and its parameters), without how they are loaded
+        (batch sizes, workers): the part of the data that cache keys depend on."""
+        return {"name": self.name, "params": self.params}
+
 
 class OptimConfig(StrictModel):
     name: Literal["sgd", "adam", "adamw"] = "adam"
@@ -105,6 +110,11 @@ class TrainConfig(StrictModel):
 class TeacherPretrain(StrictModel):
     """How `train-teacher` (or `distill`, when no checkpoint is given) trains the teacher."""
 
+    when: Literal["always", "untrained"] = Field(
+        "always",
+        description="`distill` trains the teacher always, or only when it is `untrained` "
+        "(no `teacher.checkpoint` and no `checkpoint` among its model's params)",
+    )
     epochs: int = Field(20, ge=1)
     task_params: dict[str, Any] | None = Field(
         None, description="the task's parameters for teacher training (default: the recipe's)"
@@ -125,6 +135,16 @@ class TeacherConfig(StrictModel):
         default_factory=TeacherPretrain,
         description="train the teacher first when `checkpoint` is not given (null: use as built)",
     )
+
+    def has_own_weights(self) -> bool:
+        """Whether weights come from a file: `checkpoint`, or its model's `checkpoint`."""
+        return bool(self.checkpoint or self.model.params.get("checkpoint"))
+
+    def needs_pretraining(self) -> bool:
+        """Whether `distill` trains (or reuses a trained) teacher before distilling."""
+        if self.checkpoint is not None or self.pretrain is None:
+            return False
+        return self.pretrain.when == "always" or not self.has_own_weights()
 
 
 class EvalConfig(StrictModel):

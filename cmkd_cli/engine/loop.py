@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +135,7 @@ def attach_teacher_cache(method: Method, data: Any, recipe: RecipeBase, dist: Di
     key = cache_key(
         method.teacher,
         recipe.teacher.model_dump(mode="json") if recipe.teacher else None,
-        recipe.data.model_dump(mode="json"),
+        recipe.data.identity(),
         taps,
     )
     root = Path(recipe.train.cache_dir) if recipe.train.cache_dir else default_cache_dir()
@@ -162,6 +162,19 @@ def _improved(value: float, best: float | None, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
+#: what a weights-only best.pt keeps of `checkpoint_state`
+BEST_WEIGHTS_ONLY = (
+    "student",
+    "epoch",
+    "step",
+    "best",
+    "best_epoch",
+    "best_metrics",
+    "recipe",
+    "data_spec",
+)
+
+
 @dataclass
 class FitState:
     """Where a run stands: what `last.pt` records and `resume` restores (0-based epochs)."""
@@ -171,6 +184,7 @@ class FitState:
     best: float | None = None
     best_epoch: int = -1
     resumed_from: int | None = None
+    best_metrics: dict[str, float] = field(default_factory=dict)  # all of the best epoch's
 
 
 @dataclass
@@ -192,6 +206,7 @@ class Trainer:
     scaler: torch.amp.GradScaler
     logger: MetricsLogger
     extra_state: dict[str, Any]
+    best_weights_only: bool = False  # best.pt without optimiser/schedule/RNG (teachers)
 
     @property
     def last_path(self) -> Path:
@@ -211,14 +226,18 @@ def fit(
     dist: DistInfo,
     input_key: str = "x",
     extra_state: dict[str, Any] | None = None,
+    best_weights_only: bool = False,
 ) -> FitResult:
     """Train `method` on `data` and evaluate its student; resume from RUN/last.pt if present.
 
     The phases, each a function below: build, resume, then per epoch train, validate and
-    save, then test the best student.
+    save, then test the best student. `best_weights_only`: best.pt keeps the student's
+    weights and the run's bookkeeping only (what a trained teacher needs; last.pt still
+    holds everything for an exact resume).
     """
     t_start = time.perf_counter()
     trainer = build(method, data, task, recipe, run_dir, dist, input_key, extra_state)
+    trainer.best_weights_only = best_weights_only
     state = resume(trainer)
     while state.epoch < recipe.train.epochs:
         train_avg, epoch_time = train_epoch(trainer, state)
@@ -301,6 +320,7 @@ def resume(trainer: Trainer) -> FitState:
     restore_rng(ckpt["rng"])
     state.epoch, state.step = ckpt["epoch"] + 1, ckpt["step"]
     state.best, state.best_epoch = ckpt["best"], ckpt["best_epoch"]
+    state.best_metrics = ckpt.get("best_metrics") or {}
     state.resumed_from = ckpt["epoch"]
     trainer.logger.truncate_after(ckpt["epoch"])
     console.info(f"resuming {trainer.run_dir} after epoch {ckpt['epoch'] + 1}")
@@ -422,7 +442,7 @@ def _record_best(trainer: Trainer, state: FitState, val: dict[str, float]) -> bo
     metric = trainer.recipe.eval.metric
     if not val or not _improved(val[metric], state.best, trainer.recipe.eval.mode):
         return False
-    state.best, state.best_epoch = val[metric], state.epoch
+    state.best, state.best_epoch, state.best_metrics = val[metric], state.epoch, dict(val)
     return True
 
 
@@ -467,6 +487,7 @@ def checkpoint_state(trainer: Trainer, state: FitState) -> dict[str, Any]:
         "step": state.step,
         "best": state.best,
         "best_epoch": state.best_epoch,
+        "best_metrics": state.best_metrics,
         "rng": capture_rng(),
         "recipe": trainer.recipe.model_dump(mode="json"),
         "data_spec": trainer.data.spec(),
@@ -480,29 +501,42 @@ def save(trainer: Trainer, state: FitState, is_best: bool) -> None:
         return
     ckpt = checkpoint_state(trainer, state)
     save_checkpoint(trainer.last_path, ckpt)
-    if is_best:  # without the memories only training needs (method docstrings)
+    if is_best and trainer.best_weights_only:
+        save_checkpoint(trainer.best_path, {k: ckpt[k] for k in BEST_WEIGHTS_ONLY})
+    elif is_best:  # without the memories only training needs (method docstrings)
         ckpt["method"] = trainer.method.checkpoint_state(resumable=False)
         save_checkpoint(trainer.best_path, ckpt)
 
 
 def finish(trainer: Trainer, state: FitState, wall_so_far: float) -> FitResult:
-    """Test the best student (best.pt) and write final.json."""
+    """Test the best student (best.pt) and write final.json.
+
+    Data without a test split of its own (`data.test is data.val`, e.g. speaker recipes that
+    validate on VoxCeleb1-O) are not embedded again: the test metrics are the best epoch's
+    validation metrics, which the same weights on the same split give, and final.json says
+    `test_is_val`."""
     t0 = time.perf_counter()
     recipe, metric = trainer.recipe, trainer.recipe.eval.metric
-    best_epoch = state.best_epoch
+    best_epoch, best_metrics = state.best_epoch, state.best_metrics
     if trainer.best_path.exists():
         ckpt = load_checkpoint(trainer.best_path, map_location=trainer.dist.device)
         trainer.method.student.load_state_dict(ckpt["student"])
         best_epoch = ckpt["best_epoch"]
         best_val = {metric: ckpt["best"]}
+        best_metrics = ckpt.get("best_metrics") or {}
     else:
         best_val = {}
-    test = trainer.task.evaluate(
-        trainer.method.student_for_inference(),
-        trainer.loaders["test"],
-        trainer.dist.device,
-        trainer.input_key,
-    )
+    test_is_val = trainer.data.test is trainer.data.val and bool(best_metrics)
+    if test_is_val:
+        console.info("no test split: test metrics = the best epoch's validation (not re-run)")
+        test = dict(best_metrics)
+    else:
+        test = trainer.task.evaluate(
+            trainer.method.student_for_inference(),
+            trainer.loaders["test"],
+            trainer.dist.device,
+            trainer.input_key,
+        )
     wall = wall_so_far + time.perf_counter() - t0
     result = FitResult(
         trainer.run_dir, best_epoch, best_val, test, recipe.train.epochs, wall, state.resumed_from
@@ -514,6 +548,7 @@ def finish(trainer: Trainer, state: FitState, wall_so_far: float) -> FitResult:
                 "best_epoch": best_epoch,
                 "best_val": best_val,
                 "test": test,
+                "test_is_val": test_is_val,
                 "epochs": recipe.train.epochs,
                 "wall_time_s": wall,
                 "resumed_from_epoch": state.resumed_from,

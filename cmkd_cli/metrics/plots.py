@@ -13,9 +13,23 @@ import numpy as np
 from cmkd_cli.errors import UsageError
 from cmkd_cli.io import atomic_path
 
-# DET axis ticks, in percent (the NIST / Bosaris choice)
-_DET_TICKS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40)
+# DET axis ticks, in percent: the NIST / Bosaris ticks up to 40%, then on towards 99.9% so
+# that a weak system (EER near 50%) still has its curve and its EER point on the plot
+_DET_TICKS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40, 60, 80, 90, 95, 98, 99, 99.5, 99.8, 99.9)
+_DET_MIN_TOP = 40.0  # the usual upper limit (%), kept for good systems
 _DET_CLIP = 5e-4  # probabilities are clipped to [0.05%, 99.95%] so 0 and 1 stay on the plot
+
+
+def det_limits(far: Any, frr: Any) -> tuple[float, float]:
+    """(lowest, highest) axis value in percent for a DET plot of (far, frr): from 0.1% up to
+    the first tick at or above both 40% and 1.5 x the EER point (where FAR = FRR), so the
+    EER point and the curve around it are always on the plot."""
+    far, frr = np.asarray(far, dtype=np.float64), np.asarray(frr, dtype=np.float64)
+    k = int(np.argmin(np.abs(far - frr)))
+    eer = 100 * (far[k] + frr[k]) / 2
+    need = max(_DET_MIN_TOP, 1.5 * eer)
+    top = next((t for t in _DET_TICKS if t >= need), _DET_TICKS[-1])
+    return _DET_TICKS[0], float(top)
 
 
 def _figure(rows: int = 1, height: float = 4.5):
@@ -43,8 +57,9 @@ def plot_det(
 ) -> Path:
     """Draw one DET curve (`verification.det_curve`) on probit axes and save it as PNG.
 
-    Both axes are `norm.ppf(p)` (a normal deviate scale) with ticks in percent; the dashed
-    diagonal marks FAR = FRR, where the curve meets it is the EER. Returns `path`.
+    Both axes are `norm.ppf(p)` (a normal deviate scale) with ticks in percent, from 0.1% to
+    `det_limits`' top (40%, or more for a weak system); the dashed diagonal marks FAR = FRR,
+    where the curve meets it is the EER. Returns `path`.
     """
     from scipy.stats import norm
 
@@ -55,10 +70,12 @@ def plot_det(
     fig = _figure()
     ax = fig.add_subplot()
     ax.plot(norm.ppf(far), norm.ppf(frr), label=label)
-    lim = norm.ppf([_DET_TICKS[0] / 100, _DET_TICKS[-1] / 100])
+    low, top = det_limits(far, frr)
+    lim = norm.ppf([low / 100, top / 100])
     ax.plot(lim, lim, "k--", linewidth=0.8)
-    ticks = norm.ppf(np.array(_DET_TICKS) / 100)
-    names = [f"{t:g}" for t in _DET_TICKS]
+    shown = [t for t in _DET_TICKS if t <= top]
+    ticks = norm.ppf(np.array(shown) / 100)
+    names = [f"{t:g}" for t in shown]
     ax.set_xticks(ticks, names)
     ax.set_yticks(ticks, names)
     ax.set_xlim(lim)

@@ -3,9 +3,13 @@
 Paper A Table 4 (speaker): triplets of one audio and two faces (A-F), or one face and two
 audios (F-A); the model picks the option whose embedding has the higher cosine with the
 anchor; chance is 50%. `--hard` draws both options from speakers of the same gender.
-Paper A Table 8 (classification): each test sample against every class's teacher
-embedding (the mean teacher embedding of the class's test samples; for the prompt teacher,
-its class prompts); chance is 1/C.
+Triplets are drawn (with replacement) from the records of one manifest split, by default
+the held-out speakers the recipe keeps for the face teacher's own evaluation
+(`data.params.face_eval_split`, `test`), never from the training speakers unless asked
+(`--split dev` or `all`); each row says how many distinct records its triplets used.
+Paper A Table 8 (classification): each sample of the split (`test` by default) against
+every class's teacher embedding (the mean teacher embedding of the class's samples; for the
+prompt teacher, its class prompts); chance is 1/C.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from rich.table import Table
 
 from cmkd_cli.data.datasets import keyed_rng
@@ -31,12 +35,15 @@ class MatchRow(BaseModel):
     trials: int
     accuracy: float
     chance: float
+    records_used: int = Field(description="distinct records the trials drew on")
 
 
 class CrossMatchResult(BaseModel):
     checkpoint: str
     method: str
     hard: bool
+    split: str
+    records: int = Field(description="records of the split available to draw from")
     rows: list[MatchRow]
 
 
@@ -87,9 +94,11 @@ def speaker_embeddings(
     crops: int = 10,
     crop_seconds: float = 4.0,
     features: Any = None,
+    split: str = "all",
 ) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:
-    """Per record: the student's audio embedding and the teacher's face embedding, both in
-    the method's shared space; `features` is the student's FbankConfig (default: Kaldi)."""
+    """Per record of `split` (`all`: every record): the student's audio embedding and the
+    teacher's face embedding, both in the method's shared space; `features` is the
+    student's FbankConfig (default: Kaldi)."""
     from cmkd_cli.data.fbank import FbankConfig
     from cmkd_cli.data.speaker import load_face
     from cmkd_cli.stages.evaluate import embed_utterances, feature_source
@@ -99,6 +108,13 @@ def speaker_embeddings(
         raise UsageError(
             f"--manifest {manifest}: no record has both audio and `faces` "
             "(use the manifest written by `cmkd align-faces`)"
+        )
+    splits = sorted({r.split for r in records})
+    records = [r for r in records if split in ("all", r.split)]
+    if not records:
+        raise UsageError(
+            f"--split {split}: no record of {manifest} with faces is in that split "
+            f"(its splits: {', '.join(splits)}; `all` for every record)"
         )
     cfg = features or FbankConfig()
     feats = feature_source(manifest, fbank, cfg, None, None)
@@ -116,14 +132,16 @@ def speaker_embeddings(
 
 
 @torch.no_grad()
-def class_matching(method: Any, recipe: Any, device: torch.device) -> MatchRow:
-    """Each test sample against each class's mean teacher embedding (Table 8)."""
+def class_matching(method: Any, recipe: Any, device: torch.device, split: str) -> MatchRow:
+    """Each sample of `split` against each class's mean teacher embedding (Table 8)."""
     from torch.utils.data import DataLoader
 
     from cmkd_cli.data.datasets import build_data
 
+    if split not in ("train", "val", "test"):
+        raise UsageError(f"--split {split}: choose train, val or test for this checkpoint")
     data = build_data(recipe.data)
-    loader = DataLoader(data.test, batch_size=recipe.data.eval_batch_size)
+    loader = DataLoader(getattr(data, split), batch_size=recipe.data.eval_batch_size)
     s_emb, t_emb, ys = [], [], []
     for batch in loader:
         s_emb.append(method.student(batch["x"].to(device)).embedding.float())
@@ -135,8 +153,18 @@ def class_matching(method: Any, recipe: Any, device: torch.device) -> MatchRow:
     sims = F.normalize(s, dim=-1) @ F.normalize(classes, dim=-1).T
     acc = float((sims.argmax(-1) == y).float().mean())
     return MatchRow(
-        protocol="sample -> class", trials=len(y), accuracy=acc, chance=1.0 / data.num_classes
+        protocol=f"sample -> class ({split})",
+        trials=len(y),
+        accuracy=acc,
+        chance=1.0 / data.num_classes,
+        records_used=len(y),
     )
+
+
+def held_out_split(recipe: Any) -> str:
+    """The split cross-matching uses by default: the recipe's held-out speakers
+    (`data.params.face_eval_split`, `test` by default) or the test split."""
+    return str(recipe.data.params.get("face_eval_split", "test"))
 
 
 def run(
@@ -150,6 +178,7 @@ def run(
     batch_size: int = 8,
     crops: int = 10,
     crop_seconds: float = 4.0,
+    split: str | None = None,
 ) -> CrossMatchResult:
     from cmkd_cli.stages.experiment import method_from_checkpoint
 
@@ -158,8 +187,10 @@ def run(
     method.to(dev)
     if method.teacher is None:
         raise UsageError(f"{checkpoint}: method `{recipe.method.name}` has no teacher to match")
+    split = split or held_out_split(recipe)
     if recipe.task != "speaker":
-        rows = [class_matching(method, recipe, dev)]
+        rows = [class_matching(method, recipe, dev, split)]
+        available = rows[0].trials
     else:
         if manifest is None:
             raise UsageError("--manifest is required for speaker checkpoints (audio + faces)")
@@ -167,8 +198,9 @@ def run(
 
         features = student_features(recipe.model_dump(mode="json"), {})
         s, t, records = speaker_embeddings(
-            method, manifest, fbank, dev, batch_size, crops, crop_seconds, features
+            method, manifest, fbank, dev, batch_size, crops, crop_seconds, features, split
         )
+        available = len(records)
         trip = draw_triplets(
             [r.speaker or "" for r in records],
             [getattr(r, "gender", None) for r in records],
@@ -176,29 +208,47 @@ def run(
             hard,
             seed,
         )
+        used = len(np.unique(trip))
         rows = [
             MatchRow(
                 protocol="A-F (audio -> 2 faces)",
                 trials=len(trip),
                 accuracy=triplet_accuracy(s, t, trip),
                 chance=0.5,
+                records_used=used,
             ),
             MatchRow(
                 protocol="F-A (face -> 2 audios)",
                 trials=len(trip),
                 accuracy=triplet_accuracy(t, s, trip),
                 chance=0.5,
+                records_used=used,
             ),
         ]
     return CrossMatchResult(
-        checkpoint=str(checkpoint), method=recipe.method.name, hard=hard, rows=rows
+        checkpoint=str(checkpoint),
+        method=recipe.method.name,
+        hard=hard,
+        split=split,
+        records=available,
+        rows=rows,
     )
 
 
 def render(result: CrossMatchResult) -> Table:
-    t = Table(title=f"cross-modal matching ({result.method}{', hard' if result.hard else ''})")
-    for c in ("protocol", "trials", "accuracy", "chance"):
+    hard = ", hard" if result.hard else ""
+    t = Table(
+        title=f"cross-modal matching ({result.method}{hard}; split {result.split}: "
+        f"{result.records} records)"
+    )
+    for c in ("protocol", "trials", "distinct records", "accuracy", "chance"):
         t.add_column(c)
     for r in result.rows:
-        t.add_row(r.protocol, str(r.trials), f"{100 * r.accuracy:.2f}%", f"{100 * r.chance:.2f}%")
+        t.add_row(
+            r.protocol,
+            str(r.trials),
+            str(r.records_used),
+            f"{100 * r.accuracy:.2f}%",
+            f"{100 * r.chance:.2f}%",
+        )
     return t

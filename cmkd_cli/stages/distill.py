@@ -263,7 +263,7 @@ def run(
     teachers: dict[str, train_teacher.TeacherResult] = {}
 
     def teacher_for(jr: RecipeBase) -> Path | None:
-        if not (_uses_teacher(jr) and jr.teacher.checkpoint is None and jr.teacher.pretrain):
+        if not (_uses_teacher(jr) and jr.teacher.needs_pretraining()):
             return None
         key = train_teacher.teacher_key(jr)
         if key not in teachers:

@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel
 from rich.table import Table
 
+from cmkd_cli import console
 from cmkd_cli.data.fbank import FbankConfig, FbankStore, compute_fbank, crop_frames
 from cmkd_cli.data.manifest import read_manifest, resolve
 from cmkd_cli.data.speaker import evenly_spaced_crops, open_store, utterance_key
@@ -136,7 +137,7 @@ def embed_utterances(
     frames = crop_frames(seconds, cfg or FbankConfig())
     out = []
     chunks = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
-    for chunk in track(chunks, description="embedding utterances"):
+    for chunk in track(chunks, len(ids), "embedding utterances", size=len):
         x = np.stack([evenly_spaced_crops(features(u), frames, crops) for u in chunk])
         emb = model(torch.from_numpy(x).to(device).flatten(0, 1)).embedding.float()
         out.append(emb.view(len(chunk), crops, -1).cpu())
@@ -223,15 +224,13 @@ def run(
     if fbank is not None:
         cfg = open_store(str(fbank), cfg, "--fbank").config
     results = []
-    for name in trials or ["voxceleb1-o"]:
+    names = trials or ["voxceleb1-o"]
+    for name in names:
         path = resolve_trials(name, lists, manifest, original)
         parsed = read_trials(path)
         for snr in snrs:
             feats = feature_source(manifest, fbank, cfg, noise, snr)
-            png = None
-            if det is not None:
-                tag = f"{path.stem}" + ("" if snr is None else f"-snr{snr:g}")
-                png = det.with_name(f"{det.stem}-{tag}{det.suffix or '.png'}")
+            png = det_path(det, path, snr, several=len(names) * len(snrs) > 1)
             results.append(
                 verify(
                     model,
@@ -248,7 +247,18 @@ def run(
                     scoring,
                 )
             )
+            if png is not None:
+                console.info(f"DET curve: {png}")
     return EvalResult(checkpoint=str(checkpoint), task=task, results=results)
+
+
+def det_path(det: Path | None, trials: Path, snr: float | None, several: bool) -> Path | None:
+    """Where the DET PNG of one trial list and noise level goes: `--det` itself for a single
+    curve; `<stem>-<list>[-snrN].png` beside it when one evaluation draws several."""
+    if det is None or not several:
+        return det
+    tag = trials.stem + ("" if snr is None else f"-snr{snr:g}")
+    return det.with_name(f"{det.stem}-{tag}{det.suffix or '.png'}")
 
 
 def scoring_for(recipe: dict[str, Any], **given: Any) -> Scoring:

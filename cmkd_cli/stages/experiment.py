@@ -77,11 +77,11 @@ def preflight(recipe: RecipeBase, data: DataBundle) -> None:
                 "only read from local paths; nothing is downloaded)"
             )
         if method_cls.needs_teacher_logits and not (
-            recipe.teacher.checkpoint or recipe.teacher.pretrain
+            recipe.teacher.checkpoint or recipe.teacher.needs_pretraining()
         ):
             raise UsageError(
                 f"method `{recipe.method.name}` needs teacher logits: set teacher.checkpoint "
-                "or teacher.pretrain"
+                "or teacher.pretrain (`when: always` to fit the head of a model checkpoint)"
             )
 
 

@@ -2,7 +2,10 @@
 
 The teacher is trained as a `baseline` student whose input is the batch's teacher input
 `t`, with `teacher.pretrain`'s optimiser, schedule and epochs, in the same engine. The
-best weights go to OUT/teacher.pt, which `distill` then loads (frozen or tuned).
+best weights go to OUT/teacher.pt, which `distill` then loads (frozen or tuned); OUT/best.pt
+holds weights only (no optimiser state: IR-50's would triple its 175 MB), OUT/last.pt all
+that a resume needs. `distill` finds the teacher again by `teacher_key`, which covers only
+what changes the teacher's weights.
 """
 
 from __future__ import annotations
@@ -66,15 +69,32 @@ def teacher_recipe(recipe: RecipeBase) -> RecipeBase:
 
 
 def teacher_key(recipe: RecipeBase) -> str:
-    """A fingerprint of what determines the trained teacher (its config and the data; not
-    `teacher.tune`, which only matters once distillation starts)."""
-    teacher = recipe.teacher.model_dump(mode="json", exclude={"tune"}) if recipe.teacher else None
+    """A fingerprint of what changes the trained teacher's weights, and only that: its model
+    and initial weights, the samples (dataset and parameters), the training batch and
+    `drop_last`, optimiser, schedule, epochs, seed, task loss, numerics (AMP, clipping,
+    accumulation, determinism) and how the best epoch is chosen. Not how data are loaded
+    (eval batch size, workers), nor threads, logging, output paths or `teacher.tune`, so a
+    later run that only changes those reuses the trained teacher."""
+    if recipe.teacher is None:
+        raise UsageError("the recipe has no `teacher` section to train")
+    t = teacher_recipe(recipe)
     blob = json.dumps(
         {
-            "teacher": teacher,
-            "data": recipe.data.model_dump(mode="json"),
-            "task": recipe.task,
-            "task_params": recipe.task_params,
+            "model": t.student.model_dump(mode="json"),
+            "checkpoint": recipe.teacher.checkpoint,
+            "data": {
+                **recipe.data.identity(),
+                "batch_size": t.data.batch_size,
+                "drop_last": t.data.drop_last,
+            },
+            "optim": t.optim.model_dump(mode="json"),
+            "schedule": t.schedule.model_dump(mode="json"),
+            "task": [t.task, t.task_params],
+            "train": t.train.model_dump(
+                mode="json",
+                include={"epochs", "seed", "amp", "grad_clip", "grad_accum", "deterministic"},
+            ),
+            "eval": t.eval.model_dump(mode="json"),
         },
         sort_keys=True,
     )
@@ -111,7 +131,9 @@ def train(
         )
     exp = build_experiment(t_recipe, data=data)
     exp.method.input_key = "t"
-    result = fit(exp.method, exp.data, exp.task, t_recipe, out, dist, input_key="t")
+    result = fit(
+        exp.method, exp.data, exp.task, t_recipe, out, dist, input_key="t", best_weights_only=True
+    )
     if dist.is_main:
         atomic_torch_save(
             {

@@ -79,3 +79,13 @@ def test_no_cache_for_tuned_teacher_or_random_prompts(tmp_path: Path) -> None:
     off = build_experiment(load_recipe("quickstart", [*SETS, "train.teacher_cache=false"]))
     attach_teacher_cache(off.method, off.data, off.recipe, dist)
     assert off.method.teacher_cache is None
+
+
+def test_outputs_cache_does_not_depend_on_how_data_are_loaded(exp, tmp_path: Path) -> None:
+    dist = init_distributed("cpu")
+    attach_teacher_cache(exp.method, exp.data, exp.recipe, dist)
+    for loader_only in ("data.eval_batch_size=7", "data.num_workers=1", "data.batch_size=8"):
+        r = load_recipe("quickstart", [*SETS, f"train.cache_dir={tmp_path / 'cache'}", loader_only])
+        other = build_experiment(r, data=exp.data)
+        attach_teacher_cache(other.method, other.data, other.recipe, dist)
+        assert other.method.teacher_cache.folder == exp.method.teacher_cache.folder, loader_only

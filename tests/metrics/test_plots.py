@@ -33,3 +33,19 @@ def test_plot_curves_names_an_unknown_key(tmp_path):
     with pytest.raises(UsageError, match="'val_acc'.*keys seen: loss, step"):
         plot_curves([{"step": 1, "loss": 0.5}], ["val_acc"], tmp_path / "c.png")
     assert not (tmp_path / "c.png").exists()
+
+
+def test_det_axes_reach_a_weak_systems_eer_point(tmp_path):
+    from cmkd_cli.metrics.plots import det_limits
+    from cmkd_cli.metrics.verification import compute_eer
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 4000)
+    good = rng.normal(size=4000) + 4 * labels  # EER about 2%
+    weak = rng.normal(size=4000) + 0.25 * labels  # EER about 45%
+    assert det_limits(*det_curve(good, labels)) == (0.1, 40.0)  # the usual NIST box
+    low, top = det_limits(*det_curve(weak, labels))
+    eer, _ = compute_eer(weak, labels)
+    assert eer > 0.4 and low == 0.1 and top >= 1.5 * 100 * eer  # its EER point is inside
+    path = plot_det(*det_curve(weak, labels), tmp_path / "weak.png", label="weak")
+    assert path.read_bytes().startswith(PNG)

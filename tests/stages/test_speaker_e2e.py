@@ -197,6 +197,14 @@ def test_speaker_pipeline(cli, work: Path, monkeypatch) -> None:
     run = res.json()["runs"][0]
     assert set(run["test"]) == {"eer", "min_dcf"} and 0.0 <= run["test"]["eer"] <= 1.0
     best = work / "runs" / "vox2-baseline" / "best.pt"
+    # no test split of its own: the test numbers are the best epoch's validation, not re-run
+    final = json.loads((best.parent / "final.json").read_text())
+    epochs = [json.loads(x) for x in (best.parent / "metrics.jsonl").read_text().splitlines()]
+    val = next(r for r in epochs if r["kind"] == "epoch" and r["epoch"] == final["best_epoch"])
+    assert final["test_is_val"] and final["test"] == {
+        "eer": val["val/eer"],
+        "min_dcf": val["val/min_dcf"],
+    }
 
     ev = cli(
         "--json",
@@ -220,7 +228,8 @@ def test_speaker_pipeline(cli, work: Path, monkeypatch) -> None:
     assert r["n_trials"] == len(list(itertools.combinations(names, 2)))
     assert r["n_target"] == 5 * 3 and r["utterances"] == len(names)
     assert 0.0 <= r["eer"] <= 1.0 and r["min_dcf"] >= 0.0
-    assert Path(r["det_png"]).stat().st_size > 1000
+    assert r["det_png"] == str(work / "det.png") and (work / "det.png").stat().st_size > 1000
+    assert f"DET curve: {work / 'det.png'}" in ev.stderr  # one curve: the path asked for
     # the recipe's scoring (paper A: mean distance, P_target 0.01); the flags override it
     assert r["scoring"] == {"score": "distance", "p_target": 0.01, "c_miss": 1.0, "c_fa": 1.0}
     ckpt = torch.load(best, weights_only=True)
@@ -317,31 +326,33 @@ def test_speaker_pipeline(cli, work: Path, monkeypatch) -> None:
     ]
     assert all(Path(work / "vox2-faces" / r["faces"][0]).is_file() for r in faces)
 
+    # the README's route without a face checkpoint: --var face_teacher=none trains the face
+    # teacher (the recipe's `pretrain`, `when: untrained`); the ResNet-34 face model stands
+    # in for IR-50 on this CPU, its `checkpoint` still the recipe's ${face_teacher}
     face_sets = [
         *TINY,
         "--set",
         f"output.root={work / 'runs'}",
         "--set",
-        "teacher.model={name: resnet34_face, params: {head: arcface, s: 16.0, m: 0.3}}",
+        "teacher.model={name: resnet34_face, params: "
+        "{checkpoint: '${face_teacher}', head: arcface, s: 16.0, m: 0.3}}",
         "--set",
-        "teacher.pretrain={epochs: 1, optim: {name: adam, lr: 0.001}}",
+        "teacher.pretrain.epochs=1",
     ]
-    tt = cli(
-        "--json",
-        "train-teacher",
-        "--recipe",
-        "soft-vox2-feature",
-        "--var",
-        f"work={work}",
-        *face_sets,
-    )
+    route = ["--recipe", "soft-vox2-feature", "--var", f"work={work}", "--var", "face_teacher=none"]
+    tt = cli("--json", "train-teacher", *route, *face_sets)
     assert tt.code == 0, tt.stderr
     assert tt.json()["trained"] and set(tt.json()["test"]) == {"eer", "min_dcf"}  # on faces
-    res = cli(
-        "--json", "distill", "--recipe", "soft-vox2-feature", "--var", f"work={work}", *face_sets
-    )
+    teacher_dir = Path(tt.json()["out"])
+    best_teacher = torch.load(teacher_dir / "best.pt", weights_only=True)
+    assert "optimizer" not in best_teacher and "student" in best_teacher  # weights only
+    assert (teacher_dir / "best.pt").stat().st_size < (teacher_dir / "last.pt").stat().st_size
+    # a distill that only loads data differently reuses the teacher (its key is unchanged)
+    loader_only = ["--set", "data.eval_batch_size=2", "--set", "train.threads=1"]
+    res = cli("--json", "distill", *route, *face_sets, *loader_only)
     assert res.code == 0, res.stderr
     assert res.json()["teacher"]["trained"] is False  # the teacher above is reused
+    assert res.json()["teacher"]["out"] == str(teacher_dir)
     soft = work / "runs" / "soft-vox2-feature" / "best.pt"
     rows = [json.loads(x) for x in (soft.parent / "metrics.jsonl").read_text().splitlines()]
     assert any("loss/soft_feature" in r for r in rows if r["kind"] == "step")
@@ -364,6 +375,33 @@ def test_speaker_pipeline(cli, work: Path, monkeypatch) -> None:
         r["chance"] == 0.5 and 0.0 <= r["accuracy"] <= 1.0 and r["trials"] == 40
         for r in protocols.values()
     )
+    # only the held-out (test) speakers' 6 records, never the training speakers'
+    assert (cm.json()["split"], cm.json()["records"]) == ("test", 6)
+    assert all(0 < r["records_used"] <= 6 for r in protocols.values())
+    every = cli(
+        "--json",
+        "cross-match",
+        "--checkpoint",
+        soft,
+        "--manifest",
+        work / "vox2-faces" / "manifest.jsonl",
+        "--triplets",
+        "40",
+        "--split",
+        "all",
+        *EVAL_CROPS,
+    )
+    assert every.code == 0 and every.json()["records"] == 12
+    none = cli(
+        "cross-match",
+        "--checkpoint",
+        soft,
+        "--manifest",
+        work / "vox2-faces" / "manifest.jsonl",
+        "--split",
+        "val",
+    )
+    assert none.code == 2 and "--split val: no record" in none.stderr and "dev, test" in none.stderr
 
 
 def test_trial_list_errors_name_file_and_line(cli, tmp_path: Path) -> None:
