@@ -357,17 +357,9 @@ def test_speaker_pipeline(cli, work: Path, monkeypatch) -> None:
     rows = [json.loads(x) for x in (soft.parent / "metrics.jsonl").read_text().splitlines()]
     assert any("loss/soft_feature" in r for r in rows if r["kind"] == "step")
 
-    cm = cli(
-        "--json",
-        "cross-match",
-        "--checkpoint",
-        soft,
-        "--manifest",
-        work / "vox2-faces" / "manifest.jsonl",
-        "--triplets",
-        "40",
-        *EVAL_CROPS,
-    )
+    matching = ["cross-match", "--checkpoint", soft, "--triplets", "40", *EVAL_CROPS]
+    matching += ["--manifest", work / "vox2-faces" / "manifest.jsonl"]
+    cm = cli("--json", *matching)
     assert cm.code == 0, cm.stderr
     protocols = {r["protocol"][:3]: r for r in cm.json()["rows"]}
     assert set(protocols) == {"A-F", "F-A"}
@@ -378,29 +370,9 @@ def test_speaker_pipeline(cli, work: Path, monkeypatch) -> None:
     # only the held-out (test) speakers' 6 records, never the training speakers'
     assert (cm.json()["split"], cm.json()["records"]) == ("test", 6)
     assert all(0 < r["records_used"] <= 6 for r in protocols.values())
-    every = cli(
-        "--json",
-        "cross-match",
-        "--checkpoint",
-        soft,
-        "--manifest",
-        work / "vox2-faces" / "manifest.jsonl",
-        "--triplets",
-        "40",
-        "--split",
-        "all",
-        *EVAL_CROPS,
-    )
+    every = cli("--json", *matching, "--split", "all")
     assert every.code == 0 and every.json()["records"] == 12
-    none = cli(
-        "cross-match",
-        "--checkpoint",
-        soft,
-        "--manifest",
-        work / "vox2-faces" / "manifest.jsonl",
-        "--split",
-        "val",
-    )
+    none = cli(*matching, "--split", "val")
     assert none.code == 2 and "--split val: no record" in none.stderr and "dev, test" in none.stderr
 
 
