@@ -7,6 +7,7 @@ where there is a fixed set (unknown method names, unknown keys).
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 import re
 from pathlib import Path
@@ -16,7 +17,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from cmkd_cli.errors import UsageError
-from cmkd_cli.schema import RecipeBase
+from cmkd_cli.schema import RecipeBase, Variant
 
 RECIPE_DIR_ENV = "CMKD_RECIPES"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -247,8 +248,18 @@ def validate_recipe(
     except ValidationError as exc:
         raise UsageError(format_validation_error(exc, origin, overrides)) from None
     for variant in recipe.compare.variants:
-        variant_recipe(recipe, variant.name, origin)
+        for point in grid_points(variant):
+            variant_recipe(recipe, variant.name, origin, point)
     return recipe
+
+
+def grid_points(variant: Variant) -> list[dict[str, Any]]:
+    """A variant's `grid:` as dotted overrides, one per combination (the first field varies
+    slowest); a variant without a grid has one empty point."""
+    keys = list(variant.grid)
+    return [
+        dict(zip(keys, combo, strict=True)) for combo in itertools.product(*variant.grid.values())
+    ]
 
 
 def load_recipe(
@@ -269,20 +280,30 @@ def load_recipe(
     return validate_recipe(data, origin=str(path), overrides=overrides)
 
 
-def variant_recipe(recipe: RecipeBase, variant: str, origin: str = "recipe") -> RecipeBase:
-    """The recipe with one `compare:` variant's overrides applied (and `compare` cleared)."""
+def variant_recipe(
+    recipe: RecipeBase,
+    variant: str,
+    origin: str = "recipe",
+    point: dict[str, Any] | None = None,
+) -> RecipeBase:
+    """The recipe with one `compare:` variant's overrides applied (and `compare` cleared),
+    then one `grid` point's (`point`, dotted field -> value)."""
     match = [v for v in recipe.compare.variants if v.name == variant]
     if not match:
         raise UsageError(f"{origin}: no compare variant {variant!r}")
     data = recipe.model_dump(mode="json")
     data["compare"] = {}
+    where = f"{origin}: compare[{variant}]"
     for key, value in match[0].set.items():
-        apply_set(data, key.split("."), value, origin=f"{origin}: compare[{variant}]")
+        apply_set(data, key.split("."), value, origin=where)
+    for key, value in (point or {}).items():
+        apply_set(data, key.split("."), value, origin=f"{where}.grid")
     cls = _recipe_class()
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise UsageError(format_validation_error(exc, f"{origin}: compare[{variant}]")) from None
+        at = where + (f".grid {point}" if point else "")
+        raise UsageError(format_validation_error(exc, at)) from None
 
 
 def dump_recipe(recipe: RecipeBase) -> str:

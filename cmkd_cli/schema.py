@@ -100,6 +100,12 @@ class TrainConfig(StrictModel):
     grad_accum: int = Field(1, ge=1)
     deterministic: bool = True
     log_every: int = Field(10, ge=1)
+    save_every: int = Field(
+        1,
+        ge=1,
+        description="write last.pt every N epochs and after the last (a killed run redoes at "
+        "most N-1 epochs; for many short epochs, e.g. a low-data benchmark)",
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
     teacher_cache: bool = Field(
         True, description="cache a frozen teacher's outputs on disk when its input is static"
@@ -120,6 +126,11 @@ class TeacherPretrain(StrictModel):
         None, description="the task's parameters for teacher training (default: the recipe's)"
     )
     batch_size: int | None = Field(None, ge=1, description="default: data.batch_size")
+    data_params: dict[str, Any] | None = Field(
+        None,
+        description="data.params of the teacher's training, merged over the recipe's: all "
+        "the data the teacher may have, e.g. {labelled_fraction: 1.0} under a low-label student",
+    )
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(name="adam", lr=1e-2))
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     seed: int = 0
@@ -151,6 +162,11 @@ class EvalConfig(StrictModel):
     metric: str = "accuracy"
     mode: Literal["max", "min"] = "max"
     every: int = Field(1, ge=1, description="validate every N epochs")
+    test: bool = Field(
+        True,
+        description="test the best checkpoint at the end (false: a hyper-parameter search "
+        "run, which sees the validation split only)",
+    )
 
 
 class OutputConfig(StrictModel):
@@ -167,6 +183,18 @@ class Variant(StrictModel):
     baseline: str | None = Field(
         None, description="the row this one is paired with (default: compare.baseline)"
     )
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="dotted field -> values: every combination is trained on the tune seeds "
+        "and scored on the validation split only; the best is then run on every seed",
+    )
+
+    @model_validator(mode="after")
+    def _grid_values(self) -> Variant:
+        empty = [k for k, values in self.grid.items() if not values]
+        if empty:
+            raise ValueError(f"compare[{self.name}].grid.{empty[0]}: give at least one value")
+        return self
 
 
 class Compare(StrictModel):
@@ -187,6 +215,10 @@ class Compare(StrictModel):
         "t",
         description="95% interval of a paired delta: Student t over seeds, or a percentile "
         "bootstrap over seeds (10,000 resamples)",
+    )
+    tune_seeds: list[int] = Field(
+        default_factory=lambda: [0],
+        description="seeds of the `grid:` runs (kept apart from the seeds the table reports)",
     )
     variants: list[Variant] = Field(default_factory=list)
 

@@ -11,6 +11,10 @@ permuted images in turn (300 recordings per digit, about 1,000 images: no image 
 twice). Ordering by take first makes a run with `--takes N` pair exactly as the full set.
 The MNIST index is written into every record (`image_index`), the image to OUT/images/.
 
+`--unpaired` also writes the MNIST images no recording is paired with (about 7,000) as
+image-only records of split `unpaired`: what an image teacher may learn from besides the
+training pairs (recipe av-digits-lowdata).
+
 Splits: `--split take` (seen speakers) follows FSDD's own convention, takes 0-4 = test,
 takes 5-9 = val, the rest train; `--split speaker` (unseen speakers) holds out
 `--test-speaker` (theo) and `--val-speaker` (yweweler).
@@ -65,6 +69,11 @@ class AVDigitsOptions(PrepareOptions):
     val_speaker: str = Field("yweweler", description="--split speaker: the validation speaker")
     takes: int = Field(50, ge=1, description="use takes 0..N-1 only (a reduced benchmark)")
     seed: int = Field(0, description="seed of the recording -> image pairing")
+    unpaired: bool = Field(
+        False,
+        description="also write every MNIST image no recording is paired with (split "
+        "`unpaired`, image only): data for an image teacher (av-digits-lowdata)",
+    )
 
 
 def read_idx(path: Path, kind: str) -> np.ndarray:
@@ -201,6 +210,30 @@ def prepare_av_digits(opts: AVDigitsOptions) -> PrepareResult:
             "min_duration": opts.min_duration,
         }
         tasks.append(Task(path.stem, (str(path),), params))
-    result = prepare_tasks("av-digits", opts, tasks, _worker, skipped, started)
+
+    def more() -> list[Outcome]:
+        return unpaired_images(images, labels, set(pairs.values()), Path(opts.out))
+
+    more_records = more if opts.unpaired else None
+    result = prepare_tasks("av-digits", opts, tasks, _worker, skipped, started, more=more_records)
     write_classes(opts.out, [(name, name) for name in DIGIT_NAMES])
     return result
+
+
+def unpaired_images(
+    images: np.ndarray, labels: np.ndarray, paired: set[int], out: Path
+) -> list[Outcome]:
+    """A record (split `unpaired`, no audio) for every MNIST image no recording uses."""
+    outcomes = []
+    for index in np.flatnonzero(~np.isin(np.arange(len(labels)), list(paired))):
+        png = out / "images" / f"{index:05d}.png"
+        _write_png(images[index], png)
+        record = {
+            "id": f"mnist-{index:05d}",
+            "split": "unpaired",
+            "label": DIGIT_NAMES[int(labels[index])],
+            "image": relative_to_out(out, png),
+            "image_index": int(index),
+        }
+        outcomes.append(Outcome(key=record["id"], record=record, outputs=[str(png)]))
+    return outcomes

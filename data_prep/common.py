@@ -567,10 +567,13 @@ def prepare_tasks(
     scan_skipped: Iterable[Skipped] = (),
     started: float | None = None,
     sizes: Iterable[OfficialSize] = (),
+    more: Callable[[], list[Outcome]] | None = None,
 ) -> PrepareResult:
-    """The whole of a simple reader after its scan: run the tasks, write the manifest."""
+    """The whole of a simple reader after its scan: run the tasks, write the manifest
+    (with the records `more()` adds, made in this process after the tasks)."""
     started = time.perf_counter() if started is None else started
     if not tasks:
         raise DataError(f"{opts.root}: no {dataset} files found in the expected layout")
     outcomes, reused = run_tasks(dataset, Path(opts.out), tasks, worker, opts.workers)
+    outcomes += more() if more is not None else []
     return finish(dataset, opts, outcomes, reused, started, scan_skipped, sizes=sizes)

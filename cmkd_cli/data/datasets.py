@@ -28,6 +28,24 @@ def keyed_rng(*key: int | str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest, "little"))
 
 
+def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted positions of a stratified `fraction` of the samples (a low-label regime).
+
+    Per class c with n_c samples: the first max(1, round(n_c * fraction)) positions of a
+    permutation drawn by `keyed_rng(seed, c)`. The permutation depends on the seed and the
+    class only, so a smaller fraction is a subset of a larger one (5% of 10% of 25%).
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    labels = np.asarray(labels)
+    keep = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        n = max(1, round(len(members) * fraction))
+        keep.append(keyed_rng(seed, int(c)).permutation(members)[:n])
+    return np.sort(np.concatenate(keep))
+
+
 class KeyedDataset(Dataset):
     """Base for datasets whose per-sample randomness depends only on (seed, epoch, index)."""
 

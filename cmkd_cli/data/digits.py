@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cmkd_cli.data.datasets import DataBundle, KeyedDataset, register_dataset
+from cmkd_cli.data.datasets import DataBundle, KeyedDataset, register_dataset, stratified_subset
 from cmkd_cli.errors import UsageError
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -57,7 +57,8 @@ def digits(
     teacher_view: str = "prompt",
 ) -> DataBundle:
     """Fixed stratified train/val/test split; `labelled_fraction` keeps that share of the
-    training images per class (the low-data regime of paper A Fig. 9).
+    training images per class (the low-data regime of paper A Fig. 9; nested subsets,
+    `datasets.stratified_subset`).
 
     `teacher_view`: `prompt` gives the teacher `t = [label, template draw]` (a text
     teacher, paper A 4.2); `image` gives it the clean image (a same-modality teacher with
@@ -89,13 +90,8 @@ def digits(
         random_state=split_seed,
     )
     if labelled_fraction < 1:
-        rng = np.random.default_rng(split_seed)
-        keep = []
-        for c in range(10):
-            members = train_idx[labels[train_idx] == c]
-            n = max(1, round(len(members) * labelled_fraction))
-            keep.extend(rng.choice(members, size=n, replace=False).tolist())
-        train_idx = np.sort(np.array(keep))
+        keep = stratified_subset(labels[train_idx], labelled_fraction, split_seed)
+        train_idx = np.sort(train_idx[keep])
     return DataBundle(
         train=DigitsSplit(images[train_idx], labels[train_idx], augment, teacher_view),
         val=DigitsSplit(images[val_idx], labels[val_idx], False, teacher_view),

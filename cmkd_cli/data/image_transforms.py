@@ -137,12 +137,18 @@ class ImageTransform:
             top, left, ch, cw = 0, 0, h, w
         return CropParams(top, left, ch, cw, bool(rng.random() < cfg.hflip))
 
+    def train_source(self, img: torch.Tensor) -> torch.Tensor:
+        """The part of the training transform that draws nothing: `random_pad` resizes to
+        `size` first (a cache may keep this; `train_one` then skips it)."""
+        size = list(self.cfg.hw)
+        if self.cfg.train_crop == "random_pad" and list(img.shape[-2:]) != size:
+            return TF.resize(img, size, antialias=True)
+        return img
+
     def train_one(self, img: torch.Tensor, p: CropParams) -> torch.Tensor:
         size = list(self.cfg.hw)
         if self.cfg.train_crop == "random_pad":
-            if list(img.shape[-2:]) != size:
-                img = TF.resize(img, size, antialias=True)
-            img = TF.crop(img, p.top, p.left, p.height, p.width)
+            img = TF.crop(self.train_source(img), p.top, p.left, p.height, p.width)
         else:
             img = TF.resized_crop(img, p.top, p.left, p.height, p.width, size, antialias=True)
         return TF.horizontal_flip(img) if p.flip else img

@@ -41,7 +41,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from cmkd_cli import console
 from cmkd_cli.data.audio import load_audio
-from cmkd_cli.data.datasets import DataBundle, KeyedDataset, register_dataset
+from cmkd_cli.data.datasets import DataBundle, KeyedDataset, register_dataset, stratified_subset
 from cmkd_cli.data.image_transforms import ImageTransform, ImageTransformConfig, load_image
 from cmkd_cli.data.manifest import CLASSES, MANIFEST, Record, read_classes, read_manifest, resolve
 from cmkd_cli.data.spectrogram import SpectrogramConfig, spectrogram
@@ -87,23 +87,49 @@ def _settings(model: type[BaseModel], value: dict[str, Any] | None, name: str) -
 
 
 class Views:
-    """Turns a `Sample` into a modality's tensor; `rng` None means the evaluation view."""
+    """Turns a `Sample` into a modality's tensor; `rng` None means the evaluation view.
+
+    With `cache`, decoded audio and images are kept in memory, and so are evaluation views
+    (which never change): a small dataset is decoded once per process, whatever the number
+    of epochs and runs; the random training transforms still run on every draw.
+    """
 
     def __init__(
-        self, audio: SpectrogramConfig, image: ImageTransformConfig, frames: int, tokens: Any
+        self,
+        audio: SpectrogramConfig,
+        image: ImageTransformConfig,
+        frames: int,
+        tokens: Any,
+        cache: bool = False,
     ) -> None:
         self.audio_cfg, self.frames, self.tokens = audio, frames, tokens
         self.image = ImageTransform(image)
         self.channels = image.channels
+        self._memo: dict[tuple, Any] | None = {} if cache else None
 
-    def audio(self, s: Sample, rng: np.random.Generator | None) -> torch.Tensor:
+    def _cached(self, key: tuple, make: Any) -> Any:
+        if self._memo is None:
+            return make()
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+    def _samples(self, s: Sample) -> np.ndarray:
         samples, _ = load_audio(s.audio, self.audio_cfg.sample_rate)
         if s.start is not None or s.end is not None:
             rate = self.audio_cfg.sample_rate
             lo = int(round((s.start or 0.0) * rate))
             hi = len(samples) if s.end is None else int(round(s.end * rate))
             samples = samples[lo:hi]
-        return spectrogram(samples, self.audio_cfg, rng)
+        return samples
+
+    def audio(self, s: Sample, rng: np.random.Generator | None) -> torch.Tensor:
+        key = (s.audio, s.start, s.end)
+        samples = self._cached(("wave", *key), lambda: self._samples(s))
+        if rng is not None and len(samples) > self.audio_cfg.n_samples:
+            return spectrogram(samples, self.audio_cfg, rng)  # a random crop
+        # no crop to draw (a clip no longer than the input is filled): the same every time
+        return self._cached(("spec", *key), lambda: spectrogram(samples, self.audio_cfg))
 
     def frame_stack(self, s: Sample, rng: np.random.Generator | None) -> torch.Tensor:
         n, k = len(s.frames), self.frames
@@ -111,10 +137,16 @@ class Views:
             picks = [math.floor((i + 0.5) * n / k) for i in range(k)]
         else:
             picks = sorted(rng.choice(n, size=k, replace=n < k).tolist())
-        return self.image([load_image(s.frames[i], self.channels) for i in picks], rng)
+        return self.image([self._decoded(s.frames[i], rng is not None) for i in picks], rng)
+
+    def _decoded(self, path: Path, train: bool = False) -> torch.Tensor:
+        img = self._cached(("image", path), lambda: load_image(path, self.channels))
+        if not train:
+            return img
+        return self._cached(("train-source", path), lambda: self.image.train_source(img))
 
     def picture(self, s: Sample, rng: np.random.Generator | None) -> torch.Tensor:
-        return self.image([load_image(s.image, self.channels)], rng)[0]
+        return self.image([self._decoded(s.image, train=rng is not None)], rng)[0]
 
     def text(self, s: Sample, rng: np.random.Generator | None) -> torch.Tensor:
         return self.tokens[s.text]
@@ -128,7 +160,9 @@ class Views:
             "image": self.picture,
             "text": self.text,
         }[modality]
-        return view(s, rng if augment else None)
+        if augment:
+            return view(s, rng)
+        return self._cached(("view", modality, s.id), lambda: view(s, None))
 
 
 class ManifestSplit(KeyedDataset):
@@ -222,7 +256,7 @@ def manifest_dataset(
     manifest: str,
     student_modality: str = "frames",
     teacher_modality: str = "audio",
-    train_split: str = "train",
+    train_split: str | list[str] = "train",
     val_split: str = "val",
     test_split: str = "test",
     classes: str | None = None,
@@ -232,6 +266,9 @@ def manifest_dataset(
     audio: dict[str, Any] | None = None,
     image: dict[str, Any] | None = None,
     text: dict[str, Any] | None = None,
+    labelled_fraction: float = 1.0,
+    subset_seed: int = 0,
+    cache: bool = False,
 ) -> DataBundle:
     """A prepared manifest (folder or manifest.jsonl) as a `DataBundle`.
 
@@ -241,7 +278,12 @@ def manifest_dataset(
     training view, `augment_teacher` the teacher's; `audio`, `image`, `text`: the fields of
     `SpectrogramConfig`, `ImageTransformConfig`, `TextConfig`. Records lacking a side's
     modality are left out (counted in `info["dropped"]`); `*_split` name the manifest splits
-    (e.g. `val_split: test` for paper A's CIFAR protocol, which validates on the test set).
+    (e.g. `val_split: test` for paper A's CIFAR protocol, which validates on the test set);
+    `train_split` may list several (an image teacher on `[train, unpaired]` AV-digits).
+    `labelled_fraction` keeps a stratified share of the training records
+    (`datasets.stratified_subset` with `subset_seed`: nested, 5% within 10% within 25%).
+    `cache` keeps decoded inputs and evaluation views in memory (`Views`): for small
+    datasets trained many times in one process (a benchmark study).
     """
     teacher_parts = teacher_modality.split("+")
     for name, value in (
@@ -265,12 +307,17 @@ def manifest_dataset(
     entries = class_list(records, path, classes)
     index = {label: i for i, (label, _) in enumerate(entries)}
     used = (student_modality, *teacher_parts)
-    split_names = {"train": train_split, "val": val_split, "test": test_split}
+    if not 0 < labelled_fraction <= 1:
+        raise UsageError(
+            f"data.params.labelled_fraction: must be in (0, 1], got {labelled_fraction}"
+        )
+    trains = [train_split] if isinstance(train_split, str) else list(train_split)
+    split_names = {"train": trains, "val": [val_split], "test": [test_split]}
     chosen: dict[str, list[Record]] = {k: [] for k in split_names}
     dropped: Counter[str] = Counter()
     for r in records:
-        for key, split in split_names.items():
-            if r.split != split:
+        for key, names in split_names.items():
+            if r.split not in names:
                 continue
             if str(r.label) not in index:
                 dropped["label not in the class list"] += 1
@@ -278,12 +325,16 @@ def manifest_dataset(
                 dropped["missing modality"] += 1
             else:
                 chosen[key].append(r)
-    for key, split in split_names.items():
+    for key, names in split_names.items():
         if not chosen[key]:
             raise UsageError(
-                f"data.params.{key}_split: {path} has no usable `{split}` records with "
-                f"{' and '.join(dict.fromkeys(used))}"
+                f"data.params.{key}_split: {path} has no usable `{'`/`'.join(names)}` records "
+                f"with {' and '.join(dict.fromkeys(used))}"
             )
+    if labelled_fraction < 1:
+        labels = np.array([index[str(r.label)] for r in chosen["train"]])
+        keep = stratified_subset(labels, labelled_fraction, subset_seed)
+        chosen["train"] = [chosen["train"][i] for i in keep]
     if dropped:
         console.warn(f"{path}: left out {sum(dropped.values())} records ({dict(dropped)})")
     audio_cfg = _settings(SpectrogramConfig, audio, "audio")
@@ -300,7 +351,7 @@ def manifest_dataset(
                 all_texts.append(r.text or "")
             splits[key].append(s)
     tokens = load_tokens(all_texts, text_cfg) if "text" in used else None
-    views = Views(audio_cfg, image_cfg, frames, tokens)
+    views = Views(audio_cfg, image_cfg, frames, tokens, cache)
 
     def split(key: str, train: bool) -> ManifestSplit:
         return ManifestSplit(

@@ -15,6 +15,7 @@ references.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
@@ -79,6 +80,12 @@ def fit_length(
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _hann(n: int) -> torch.Tensor:
+    """The periodic Hann window, built once per size (read-only for torch.stft)."""
+    return torch.hann_window(n)
+
+
 def log_spectrogram(samples: np.ndarray, cfg: SpectrogramConfig) -> torch.Tensor:
     """`log(|STFT| + eps)` of a mono signal, `[n_freq, frames]` float32 (no centre padding).
 
@@ -90,7 +97,7 @@ def log_spectrogram(samples: np.ndarray, cfg: SpectrogramConfig) -> torch.Tensor
         n_fft=cfg.window,
         hop_length=cfg.hop,
         win_length=cfg.window,
-        window=torch.hann_window(cfg.window),
+        window=_hann(cfg.window),
         center=False,
         return_complex=True,
     )

@@ -496,11 +496,15 @@ def checkpoint_state(trainer: Trainer, state: FitState) -> dict[str, Any]:
 
 
 def save(trainer: Trainer, state: FitState, is_best: bool) -> None:
-    """`last.pt` after every epoch; `best.pt` when the validation metric improved."""
-    if not trainer.dist.is_main:
+    """`last.pt` after every `train.save_every` epochs and the last; `best.pt` when the
+    validation metric improved."""
+    train = trainer.recipe.train
+    due = (state.epoch + 1) % train.save_every == 0 or state.epoch + 1 == train.epochs
+    if not trainer.dist.is_main or not (due or is_best):
         return
     ckpt = checkpoint_state(trainer, state)
-    save_checkpoint(trainer.last_path, ckpt)
+    if due:
+        save_checkpoint(trainer.last_path, ckpt)
     if is_best and trainer.best_weights_only:
         save_checkpoint(trainer.best_path, {k: ckpt[k] for k in BEST_WEIGHTS_ONLY})
     elif is_best:  # without the memories only training needs (method docstrings)
@@ -526,8 +530,10 @@ def finish(trainer: Trainer, state: FitState, wall_so_far: float) -> FitResult:
         best_metrics = ckpt.get("best_metrics") or {}
     else:
         best_val = {}
-    test_is_val = trainer.data.test is trainer.data.val and bool(best_metrics)
-    if test_is_val:
+    test_is_val = recipe.eval.test and trainer.data.test is trainer.data.val and bool(best_metrics)
+    if not recipe.eval.test:  # a hyper-parameter search run: the test split stays unseen
+        test = {}
+    elif test_is_val:
         console.info("no test split: test metrics = the best epoch's validation (not re-run)")
         test = dict(best_metrics)
     else:

@@ -33,6 +33,7 @@ from cmkd_cli.losses.soft import (
     quality_weights,
     soft_classifier_loss,
     update_moving_stats,
+    update_running_quantile,
 )
 from cmkd_cli.methods._feature_common import embed_dims
 from cmkd_cli.methods.base import Method, StepOutput, register_method
@@ -97,23 +98,40 @@ class SoftFeatureConfig(SoftConfig):
     margin_angle_deg: float | None = Field(
         None, ge=0, le=180, description="margin as an angle theta (default 30 when no margin)"
     )
+    margin_quantile: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="margin as the running q-quantile of the distances (a share q of the "
+        "samples inside it at every step: a margin that binds)",
+    )
+    margin_momentum: float = Field(
+        0.9, ge=0, lt=1, description="`margin_quantile`: momentum of the running quantile"
+    )
     normalize: bool = Field(True, description="l2-normalise both features before l2/sql2")
     task_weight: float = Field(1.0, ge=0, description="weight of the task term")
     quality: QualityConfig = Field(default_factory=QualityConfig)
 
     @model_validator(mode="after")
     def _one_margin(self) -> SoftFeatureConfig:
-        if self.margin is not None and self.margin_angle_deg is not None:
+        given = [
+            k
+            for k in ("margin", "margin_angle_deg", "margin_quantile")
+            if getattr(self, k) is not None
+        ]
+        if len(given) > 1:
             raise ValueError(
-                "method.margin_angle_deg: give either margin or margin_angle_deg, not both"
+                f"method.{given[1]}: give one of margin, margin_angle_deg and margin_quantile, "
+                f"not {' and '.join(given)}"
             )
         return self
 
     def margin_value(self) -> float:
-        """m of Eq. 6 (`losses.soft.margin_from_spec`); neither field set: 30 degrees."""
+        """m of Eq. 6 (`losses.soft.margin_from_spec`); none set: 30 degrees; with
+        `margin_quantile` the starting value (the first batch sets the running one)."""
         angle = self.margin_angle_deg
         if self.margin is None and angle is None:
-            angle = DEFAULT_ANGLE_DEG
+            angle = 0.0 if self.margin_quantile is not None else DEFAULT_ANGLE_DEG
         return margin_from_spec(self.metric, self.margin, angle)
 
 
@@ -142,8 +160,14 @@ class SoftFeature(SoftMethod):
     that every DDP process holds the same statistics; the weights are detached. Without
     quality, w_i = 1.
 
+    `margin_quantile: q`: m is the running q-quantile of the per-sample distances
+    (`losses.soft.update_running_quantile`, momentum `margin_momentum`, from the distances
+    all-gathered over processes; updated before the hinge, as the quality statistics), so
+    it binds wherever the features are; kept in the buffer `margin_running` (checkpoints and
+    resumed runs keep it).
+
     Stats: `inside_margin` (the fraction of samples whose hinge is 0), `distance` (the mean
-    distance), `weight` (the mean w_i, with quality only).
+    distance), `margin` (m), `weight` (the mean w_i, with quality only).
     """
 
     Config = SoftFeatureConfig
@@ -151,6 +175,9 @@ class SoftFeature(SoftMethod):
     def __init__(self, cfg: SoftFeatureConfig, *args: Any, **kwargs: Any) -> None:
         super().__init__(cfg, *args, **kwargs)
         self.margin = cfg.margin_value()
+        if cfg.margin_quantile is not None:
+            self.register_buffer("margin_running", torch.tensor(self.margin))
+            self.register_buffer("margin_updates", torch.zeros((), dtype=torch.long))
         self.sources = QUALITY_SOURCES[cfg.quality.source] if cfg.quality.enabled else ()
         if self.sources:
             n = len(self.sources)
@@ -182,6 +209,25 @@ class SoftFeature(SoftMethod):
             w = w * quality_weights(score, mu, sigma, q.w_base, q.h, q.clip)
         return w
 
+    def current_margin(self, dist: torch.Tensor) -> float | torch.Tensor:
+        """m: fixed, or the running quantile updated by this batch when training."""
+        cfg: SoftFeatureConfig = self.cfg  # type: ignore[assignment]
+        if cfg.margin_quantile is None:
+            return self.margin
+        if self.training:
+            with torch.no_grad():
+                self.margin_running.copy_(
+                    update_running_quantile(
+                        self.margin_running,
+                        all_gather_cat(dist.detach()),
+                        cfg.margin_quantile,
+                        cfg.margin_momentum,
+                        first=bool(self.margin_updates == 0),
+                    )
+                )
+                self.margin_updates += 1
+        return self.margin_running
+
     def forward(self, batch: dict[str, Any]) -> StepOutput:
         cfg: SoftFeatureConfig = self.cfg  # type: ignore[assignment]
         out = self.student(batch[self.input_key])
@@ -189,9 +235,14 @@ class SoftFeature(SoftMethod):
         f_s, f_t = out.embedding, self.teacher_feature(e_t)
         weights = self.sample_weights(f_s, e_t) if self.sources else None
         dist = feature_distance(f_s, f_t, cfg.metric, cfg.normalize)
-        loss = margin_hinge(dist, self.margin, weights)  # = soft_feature_loss, one distance
+        margin = self.current_margin(dist)
+        loss = margin_hinge(dist, margin, weights)  # = soft_feature_loss, one distance
         dist = dist.detach()
-        stats = {"inside_margin": (dist <= self.margin).float().mean(), "distance": dist.mean()}
+        stats = {
+            "inside_margin": (dist <= margin).float().mean(),
+            "distance": dist.mean(),
+            "margin": torch.as_tensor(margin, dtype=dist.dtype),
+        }
         if weights is not None:
             stats["weight"] = weights.mean()
         return StepOutput(

@@ -9,20 +9,28 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 from rich.table import Table
 
 from cmkd_cli import console
-from cmkd_cli.config import dump_recipe, load_recipe, validate_recipe, variant_recipe
+from cmkd_cli.config import (
+    dump_recipe,
+    grid_points,
+    load_recipe,
+    validate_recipe,
+    variant_recipe,
+)
 from cmkd_cli.data.datasets import DataBundle, build_data
 from cmkd_cli.engine.distributed import DistInfo, init_distributed
 from cmkd_cli.engine.loop import fit
 from cmkd_cli.errors import UsageError
 from cmkd_cli.io import atomic_write_json, atomic_write_text
 from cmkd_cli.metrics.paired import CiMethod, interval, paired_delta, sample_std
-from cmkd_cli.schema import RecipeBase
+from cmkd_cli.schema import RecipeBase, Variant
 from cmkd_cli.stages import train_teacher
 from cmkd_cli.stages.experiment import preflight
 
@@ -63,6 +71,24 @@ class Row(BaseModel):
     wall_time_s: float
 
 
+class GridPoint(BaseModel):
+    set: dict[str, Any]
+    val: list[float]  # best validation metric per tune seed
+    mean: float
+
+
+class Selection(BaseModel):
+    """How a variant's `grid:` was decided: on the validation split of the tune seeds only."""
+
+    tune_seeds: list[int]
+    points: list[GridPoint]
+    chosen: int
+
+    @property
+    def chosen_set(self) -> dict[str, Any]:
+        return self.points[self.chosen].set
+
+
 class DistillResult(BaseModel):
     name: str
     root: str
@@ -71,6 +97,7 @@ class DistillResult(BaseModel):
     teacher: dict | None
     runs: list[RunSummary]
     table: list[Row]
+    selection: dict[str, Selection] = {}
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
@@ -256,6 +283,11 @@ def run(
     datasets = DataCache()
     for _, jr, _ in jobs:  # fail on a bad data, model or method setting before any training
         preflight(jr, datasets.get(jr))
+    for v in r.compare.variants:
+        if v.grid and any(name == v.name for name, _, _ in jobs):
+            for point in grid_points(v):
+                pr = variant_recipe(r, v.name, point=point)
+                preflight(pr, datasets.get(pr))
     if not single and dist.is_main:
         root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(root / STUDY_FILE, dump_recipe(r))
@@ -268,16 +300,25 @@ def run(
         key = train_teacher.teacher_key(jr)
         if key not in teachers:
             out = train_teacher.default_dir(jr, root)
-            teachers[key] = train_teacher.train(jr, out, dist, datasets.get(jr))
+            data = datasets.get(train_teacher.teacher_recipe(jr))  # pretrain.data_params
+            teachers[key] = train_teacher.train(jr, out, dist, data)
         return Path(teachers[key].checkpoint)
 
-    runs = []
-    for name, jr, seed in jobs:
-        run_dir = root if single else root / name / f"seed-{seed}"
+    def train_one(name: str, jr: RecipeBase, seed: int, run_dir: Path) -> RunSummary:
         jr = jr.model_copy(update={"train": jr.train.model_copy(update={"seed": seed})})
         teacher = teacher_for(jr)
         console.info(f"[{name} seed {seed}] {run_dir}")
-        runs.append(run_one(jr, run_dir, dist, teacher, datasets.get(jr)))
+        return run_one(jr, run_dir, dist, teacher, datasets.get(jr))
+
+    runs, selection = [], {}
+    grids = {v.name: v for v in r.compare.variants if v.grid}
+    for name in dict.fromkeys(name for name, _, _ in jobs):
+        jr = next(j for n, j, _ in jobs if n == name)
+        if name in grids:
+            selection[name] = tune(r, grids[name], root / name, train_one)
+            jr = variant_recipe(r, name, point=selection[name].chosen_set)
+        for seed in [s for n, _, s in jobs if n == name]:
+            runs.append(train_one(name, jr, seed, root if single else root / name / f"seed-{seed}"))
     first = next(iter(teachers.values()), None)
     result = DistillResult(
         name=r.name,
@@ -287,10 +328,37 @@ def run(
         runs=runs,
         table=tabulate(runs, r.eval.metric, baselines(r), r.compare.ci),
         ci=r.compare.ci,
+        selection=selection,
     )
     if dist.is_main:
         atomic_write_json(root / "results.json", result.model_dump())
     return result
+
+
+def tune(
+    recipe: RecipeBase,
+    variant: Variant,
+    folder: Path,
+    train_one: Callable[[str, RecipeBase, int, Path], RunSummary],
+) -> Selection:
+    """Train every point of `variant.grid` on `compare.tune_seeds` into FOLDER/grid-K/seed-S
+    without testing (`eval.test: false`), and choose the point with the best mean
+    validation metric (`eval.mode`; the first of equals)."""
+    metric, points = recipe.eval.metric, []
+    for k, point in enumerate(grid_points(variant)):
+        pr = variant_recipe(recipe, variant.name, point=point)
+        pr = pr.model_copy(update={"eval": pr.eval.model_copy(update={"test": False})})
+        val = []
+        for seed in recipe.compare.tune_seeds:
+            done = train_one(
+                f"{variant.name} grid {point}", pr, seed, folder / f"grid-{k}" / f"seed-{seed}"
+            )
+            val.append(done.best_val.get(metric, float("nan")))
+        points.append(GridPoint(set=point, val=val, mean=statistics.fmean(val)))
+    sign = 1.0 if recipe.eval.mode == "max" else -1.0
+    chosen = max(range(len(points)), key=lambda k: (sign * points[k].mean, -k))
+    console.info(f"[{variant.name}] chose {points[chosen].set} on validation")
+    return Selection(tune_seeds=recipe.compare.tune_seeds, points=points, chosen=chosen)
 
 
 def _uses_teacher(recipe: RecipeBase) -> bool:

@@ -25,7 +25,7 @@ from cmkd_cli.engine.distributed import DistInfo, barrier, init_distributed
 from cmkd_cli.engine.loop import fit
 from cmkd_cli.errors import UsageError
 from cmkd_cli.io import atomic_torch_save
-from cmkd_cli.schema import RecipeBase, TeacherPretrain
+from cmkd_cli.schema import DataConfig, RecipeBase, TeacherPretrain
 
 TEACHER_FILE = "teacher.pt"
 
@@ -57,8 +57,10 @@ def teacher_recipe(recipe: RecipeBase) -> RecipeBase:
     )
     if pre.task_params is not None:
         data["task_params"] = pre.task_params
+    data["data"] = teacher_data(recipe).model_dump(mode="json")
     if pre.batch_size is not None:
         data["data"] = {**data["data"], "batch_size": pre.batch_size}
+    data["eval"] = {**data["eval"], "test": True}  # also when asked for by a grid run
     data["train"] = {
         **data["train"],
         "epochs": pre.epochs,
@@ -66,6 +68,14 @@ def teacher_recipe(recipe: RecipeBase) -> RecipeBase:
         "max_steps_per_epoch": None,
     }
     return type(recipe).model_validate(data)
+
+
+def teacher_data(recipe: RecipeBase) -> DataConfig:
+    """The data the teacher trains on: `data` with `teacher.pretrain.data_params` merged in."""
+    pre = recipe.teacher.pretrain if recipe.teacher else None
+    if pre is None or not pre.data_params:
+        return recipe.data
+    return recipe.data.model_copy(update={"params": {**recipe.data.params, **pre.data_params}})
 
 
 def teacher_key(recipe: RecipeBase) -> str:
@@ -83,7 +93,7 @@ def teacher_key(recipe: RecipeBase) -> str:
             "model": t.student.model_dump(mode="json"),
             "checkpoint": recipe.teacher.checkpoint,
             "data": {
-                **recipe.data.identity(),
+                **t.data.identity(),  # with pretrain.data_params
                 "batch_size": t.data.batch_size,
                 "drop_last": t.data.drop_last,
             },

@@ -167,3 +167,28 @@ def test_set_of_a_new_name_drops_the_old_blocks_fields(base: Path) -> None:
     assert r.method.name == "baseline"  # kd's T is gone instead of failing as unknown
     r = load_recipe(str(base), ["name=renamed"])
     assert r.name == "renamed" and r.method.name == "kd"  # the root is never cleared
+
+
+def test_grid_points_are_validated_up_front(tmp_path: Path, base: Path) -> None:
+    from cmkd_cli.config import grid_points
+
+    ok = write(
+        tmp_path / "g.yaml",
+        "extends: base.yaml\ncompare:\n"
+        "  - {name: hot, set: {method.T: 9}, grid: {method.T: [1, 2], optim.lr: [0.1, 0.2]}}\n",
+    )
+    r = load_recipe(str(ok))
+    points = grid_points(r.compare.variants[0])
+    assert points[1] == {"method.T": 1, "optim.lr": 0.2} and len(points) == 4
+    assert variant_recipe(r, "hot", point=points[3]).method.T == 2.0  # the grid wins over set
+    bad = write(
+        tmp_path / "bad.yaml",
+        "extends: base.yaml\ncompare:\n  - {name: hot, grid: {method.TT: [1, 2]}}\n",
+    )
+    with pytest.raises(UsageError, match=r"compare\[hot\].grid \{'method.TT': 1\}: field"):
+        load_recipe(str(bad))
+    empty = write(
+        tmp_path / "e.yaml", "extends: base.yaml\ncompare:\n  - {name: hot, grid: {method.T: []}}\n"
+    )
+    with pytest.raises(UsageError, match=r"compare\[hot\].grid.method.T: give at least one value"):
+        load_recipe(str(empty))

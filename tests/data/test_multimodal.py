@@ -157,3 +157,65 @@ def test_crisismmd_text_view_with_the_bundled_minilm(tmp_path: Path) -> None:
 
     text = AutoTokenizer.from_pretrained(minilm_path()).decode(ids[mask.bool()][1:-1])
     assert text == "volunteers are collecting water and blankets at the church, please donate"
+
+
+def test_labelled_fraction_is_stratified_nested_and_seeded(av_digits: Path) -> None:
+    full = bundle(av_digits, student_modality="image", teacher_modality="audio")
+    ids = {f: None for f in (0.25, 0.5)}
+    for f in ids:
+        part = bundle(
+            av_digits, student_modality="image", teacher_modality="audio", labelled_fraction=f
+        )
+        labels = [s.label for s in part.train.samples]
+        assert sorted(labels) == sorted(list(range(10)) * round(4 * f))  # 4 per class here
+        ids[f] = {s.id for s in part.train.samples}
+    assert ids[0.25] < ids[0.5] < {s.id for s in full.train.samples}  # nested
+    other = bundle(
+        av_digits,
+        student_modality="image",
+        teacher_modality="audio",
+        labelled_fraction=0.5,
+        subset_seed=1,
+    )
+    assert {s.id for s in other.train.samples} != ids[0.5]
+    assert len(full.val) == len(other.val) and len(full.test) == len(other.test)
+    with pytest.raises(UsageError, match="data.params.labelled_fraction: must be in"):
+        bundle(av_digits, labelled_fraction=0.0)
+
+
+def test_several_train_splits(av_digits: Path) -> None:
+    both = bundle(
+        av_digits, student_modality="image", teacher_modality="image", train_split=["train", "val"]
+    )
+    assert len(both.train) == 40 + 10  # 4 training speakers + the validation speaker
+    with pytest.raises(UsageError, match="no usable `nope`/`other` records"):
+        bundle(av_digits, train_split=["nope", "other"])
+
+
+def test_cache_gives_the_same_views_and_decodes_once(av_digits: Path, monkeypatch) -> None:
+    import cmkd_cli.data.multimodal as mm
+
+    plain = bundle(av_digits, student_modality="audio", teacher_modality="image")
+    cached = bundle(av_digits, student_modality="audio", teacher_modality="image", cache=True)
+    calls = {"audio": 0, "image": 0}
+    real_audio, real_image = mm.load_audio, mm.load_image
+
+    def count(kind, fn):
+        def wrapped(*a, **k):
+            calls[kind] += 1
+            return fn(*a, **k)
+
+        return wrapped
+
+    monkeypatch.setattr(mm, "load_audio", count("audio", real_audio))
+    monkeypatch.setattr(mm, "load_image", count("image", real_image))
+    for epoch in range(2):
+        for split in ("train", "val"):
+            getattr(plain, split).set_epoch(epoch, seed=3)
+            getattr(cached, split).set_epoch(epoch, seed=3)
+            for i in range(len(getattr(plain, split))):
+                a, b = getattr(plain, split)[i], getattr(cached, split)[i]
+                assert torch.equal(a["x"], b["x"]) and torch.equal(a["t"], b["t"])
+    n = len(plain.train) + len(plain.val)
+    # without the cache every draw decodes; with it each file once
+    assert calls == {"audio": 2 * n + n, "image": 2 * n + n}

@@ -91,3 +91,36 @@ def test_prepare_cli_registers_av_digits(cli, tmp_path: Path, shared_data: Path)
     assert res.json()["records"] == 60 and res.json()["splits"] == {"test": 60}
     bad = cli("prepare", "av-digits", "--root", tmp_path / "nowhere", "--out", tmp_path / "o")
     assert bad.code == 2 and "nowhere: folder does not exist" in bad.stderr
+
+
+def _write_idx(path: Path, array: np.ndarray, magic: int) -> None:
+    import gzip
+
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def test_unpaired_images_are_the_mnist_images_no_recording_uses(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    images, labels = load_mnist(shared_data / "mnist")
+    root = tmp_path / "root"  # the first 300 MNIST images (about 30 per digit), take 0 only
+    _write_idx(root / "mnist" / "t10k-images-idx3-ubyte.gz", images[:300], 0x0803)
+    _write_idx(root / "mnist" / "t10k-labels-idx1-ubyte.gz", labels[:300], 0x0801)
+    for wav in (shared_data / "fsdd" / "recordings").glob("*_0.wav"):
+        link_or_copy(wav, root / "fsdd" / "recordings" / wav.name)
+    out = tmp_path / "out"
+    res = prepare_av_digits(AVDigitsOptions(root=root, out=out, workers=1, unpaired=True))
+    records = read_manifest(out)
+    paired = [r for r in records if r.split != "unpaired"]
+    unpaired = [r for r in records if r.split == "unpaired"]
+    assert len(paired) == 60 and len(unpaired) == 240 and res.records == 300
+    assert {r.image_index for r in paired} | {r.image_index for r in unpaired} == set(range(300))
+    for r in unpaired:
+        assert r.audio is None and r.id == f"mnist-{r.image_index:05d}"
+        assert r.label == DIGIT_NAMES[labels[r.image_index]]
+        assert np.array_equal(np.asarray(Image.open(resolve(out, r.image))), images[r.image_index])
+    # without the flag (the default) the manifest holds the pairs alone
+    plain = prepare_av_digits(AVDigitsOptions(root=root, out=tmp_path / "plain", workers=1))
+    assert plain.records == 60

@@ -22,7 +22,7 @@ def test_term_is_the_hinge_on_the_student_and_projected_teacher_embeddings():
     f_t = m.projection(m.teacher(b["t"]).embedding)
     expected = 2.0 * soft_feature_loss(f_s, f_t, "cosine", 1 - math.cos(math.radians(30)))
     assert out.losses["soft_feature"].item() == pytest.approx(expected.item(), rel=1e-5)
-    assert set(out.stats) == {"inside_margin", "distance"}
+    assert set(out.stats) == {"inside_margin", "distance", "margin"}
 
 
 def test_a_margin_beyond_every_distance_gives_zero_loss_and_no_student_gradient():
@@ -43,8 +43,36 @@ def test_margin_specs():
     assert build("soft_feature", margin_angle_deg=60.0).margin == pytest.approx(0.5)  # 1 - cos
     assert build("soft_feature").margin == pytest.approx(1 - math.cos(math.radians(30)))
     assert build("soft_feature", metric="l2", margin=0.3).margin == 0.3
-    with pytest.raises(ValidationError, match="either margin or margin_angle_deg"):
+    with pytest.raises(ValidationError, match="not margin and margin_angle_deg"):
         build("soft_feature", margin=0.1, margin_angle_deg=30.0)
+    with pytest.raises(ValidationError, match="method.margin_quantile: give one of"):
+        build("soft_feature", margin=0.1, margin_quantile=0.5)
+
+
+def test_a_quantile_margin_binds_a_share_q_of_the_samples():
+    m = build("soft_feature", teacher=prompt_teacher(16), metric="sql2", margin_quantile=0.5)
+    b = batch(b=8, prompt=True)
+    out = m(b)  # the first batch sets m to the median of its own distances
+    with torch.no_grad():
+        f_s = torch.nn.functional.normalize(m.student(b["x"]).embedding)
+        f_t = torch.nn.functional.normalize(m.projection(m.teacher(b["t"]).embedding))
+    dist = ((f_s - f_t) ** 2).sum(1)
+    middle = dist.sort().values[3:5].mean()  # the median of 8 values, interpolated
+    assert float(m.margin_running) == pytest.approx(float(middle), rel=1e-5)
+    assert float(out.stats["inside_margin"]) == 0.5 and float(out.stats["margin"]) > 0
+    assert out.losses["soft_feature"].item() == pytest.approx(
+        (dist - m.margin_running).clamp_min(0).mean().item(), rel=1e-5
+    )
+    first = float(m.margin_running)
+    m(batch(b=8, prompt=True, seed=4))  # then a running average (momentum 0.9)
+    assert float(m.margin_running) != first and int(m.margin_updates) == 2
+    m.eval()
+    m(batch(b=8, prompt=True, seed=5))  # evaluation reads it without moving it
+    assert int(m.margin_updates) == 2
+    state = m.checkpoint_state()
+    fresh = build("soft_feature", teacher=prompt_teacher(16), metric="sql2", margin_quantile=0.5)
+    fresh.load_checkpoint_state(state, resume=True)
+    assert float(fresh.margin_running) == float(m.margin_running)
 
 
 def test_without_projection_the_widths_must_agree():
