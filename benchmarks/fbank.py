@@ -76,7 +76,10 @@ def main() -> None:
             rows.append((name, *_measure(loop)))
         torch.set_num_threads(default_threads)
         store = Path(tmp) / "store"
-        run = partial(extract_fbank.run, manifest, store, args.workers, shard_size=args.shard_size)
+        opts = extract_fbank.ExtractOptions(
+            manifest=manifest, out=store, workers=args.workers, shard_size=args.shard_size
+        )
+        run = partial(extract_fbank.run, opts)
         rows.append(("extractor", *_measure(run)))
         # the pool's fixed cost: the same workers on one shortest utterance each
         shortest = sorted(flacs, key=lambda f: f.stat().st_size)[: args.workers]
@@ -84,7 +87,10 @@ def main() -> None:
         tiny.write_text(
             "".join(json.dumps({"id": f.stem, "audio": str(f)}) + "\n" for f in shortest)
         )
-        start = partial(extract_fbank.run, tiny, Path(tmp) / "tiny", args.workers, shard_size=1)
+        opts = extract_fbank.ExtractOptions(
+            manifest=tiny, out=Path(tmp) / "tiny", workers=args.workers, shard_size=1
+        )
+        start = partial(extract_fbank.run, opts)
         startup_wall, startup_cpu = _measure(start)
     print(
         f"{len(items)} utterances, {hours:.3f} h of audio, {os.cpu_count()} CPUs visible, "

@@ -130,7 +130,7 @@ def distill(
     """
     from cmkd_cli.stages import distill as stage
 
-    result = stage.run(
+    options = stage.DistillOptions(
         recipe=recipe,
         sets=set_ or [],
         variables=parse_vars(var),
@@ -138,6 +138,7 @@ def distill(
         resume=resume,
         variants=variant or [],
     )
+    result = stage.run(options)
     console.emit(result, stage.render(result))
 
 
@@ -157,9 +158,10 @@ def train_teacher(
     """
     from cmkd_cli.stages import train_teacher as stage
 
-    if recipe is None:
-        raise UsageError("--recipe is required")
-    result = stage.run(recipe=recipe, sets=set_ or [], variables=parse_vars(var), out=out)
+    options = stage.TeacherOptions(
+        recipe=recipe, sets=set_ or [], variables=parse_vars(var), out=out
+    )
+    result = stage.run(options)
     console.emit(result, stage.render(result))
 
 
@@ -174,7 +176,7 @@ def report(
     """
     from cmkd_cli.stages import report as stage
 
-    result = stage.run(run_dir, plots=plots)
+    result = stage.run(stage.ReportOptions(run_dir=run_dir, plots=plots))
     console.emit(result, stage.render(result))
 
 
@@ -222,18 +224,19 @@ def extract_fbank(
 
     if dtype not in ("float16", "float32"):
         raise UsageError(f"--dtype {dtype!r}: choose float16 or float32")
-    result = stage.run(
-        manifest,
-        out,
-        workers,
-        n_mels,
-        cmn,
-        dither,
-        dtype,  # type: ignore[arg-type]
-        shard_size,
-        overwrite,
-        frontend,
+    options = stage.ExtractOptions(
+        manifest=manifest,
+        out=out,
+        workers=workers,
+        n_mels=n_mels,
+        cmn=cmn,
+        dither=dither,
+        dtype=dtype,  # type: ignore[arg-type]
+        shard_size=shard_size,
+        overwrite=overwrite,
+        frontend=frontend,
     )
+    result = stage.run(options)
     console.emit(result, stage.render(result))
 
 
@@ -313,25 +316,26 @@ def _eval(
     """
     from cmkd_cli.stages import evaluate as stage
 
-    result = stage.run(
-        checkpoint,
-        trials or [],
-        manifest,
-        fbank,
-        lists,
-        original,
-        musan,
-        [musan_snr],
-        det,
-        device,
-        batch_size,
-        crops,
-        crop_seconds,
-        score,
-        p_target,
-        c_miss,
-        c_fa,
+    options = stage.EvalOptions(
+        checkpoint=checkpoint,
+        trials=trials or [],
+        manifest=manifest,
+        fbank=fbank,
+        lists=lists,
+        original=original,
+        musan=musan,
+        snrs=[musan_snr],
+        det=det,
+        device=device,
+        batch_size=batch_size,
+        crops=crops,
+        crop_seconds=crop_seconds,
+        score=score,
+        p_target=p_target,
+        c_miss=c_miss,
+        c_fa=c_fa,
     )
+    result = stage.run(options)
     console.emit(result, stage.render(result))
 
 
@@ -368,25 +372,24 @@ def noise_test(
     from cmkd_cli.stages import evaluate as stage
 
     levels = [*(snr or []), *(more_snr or [])] or [15.0, 10.0, 5.0]
-    result = stage.run(
-        checkpoint,
-        trials or [],
-        manifest,
-        None,
-        lists,
-        original,
-        musan,
-        [None, *levels],
-        None,
-        device,
-        batch_size,
-        crops,
-        crop_seconds,
-        score,
-        p_target,
-        c_miss,
-        c_fa,
+    options = stage.EvalOptions(
+        checkpoint=checkpoint,
+        trials=trials or [],
+        manifest=manifest,
+        lists=lists,
+        original=original,
+        musan=musan,
+        snrs=[None, *levels],
+        device=device,
+        batch_size=batch_size,
+        crops=crops,
+        crop_seconds=crop_seconds,
+        score=score,
+        p_target=p_target,
+        c_miss=c_miss,
+        c_fa=c_fa,
     )
+    result = stage.run(options)
     console.emit(result, stage.render(result))
 
 
@@ -421,19 +424,20 @@ def cross_match(
     """
     from cmkd_cli.stages import cross_match as stage
 
-    result = stage.run(
-        checkpoint,
-        manifest,
-        fbank,
-        triplets,
-        hard,
-        seed,
-        device,
-        batch_size,
-        crops,
-        crop_seconds,
-        split,
+    options = stage.CrossMatchOptions(
+        checkpoint=checkpoint,
+        manifest=manifest,
+        fbank=fbank,
+        triplets=triplets,
+        hard=hard,
+        seed=seed,
+        device=device,
+        batch_size=batch_size,
+        crops=crops,
+        crop_seconds=crop_seconds,
+        split=split,
     )
+    result = stage.run(options)
     console.emit(result, stage.render(result))
 
 
@@ -470,7 +474,16 @@ def analyze(
 
     flags = {"kept": kept, "krc": krc, "cka": cka, "embeddings": embeddings, "cost": cost}
     asked = None if all_ or not any(flags.values()) else [k for k, v in flags.items() if v]
-    result = stage.run(run_dirs, asked, split, max_samples, tsne, out, device)
+    options = stage.AnalyzeOptions(
+        roots=run_dirs,
+        analyses=asked,
+        split=split,
+        max_samples=max_samples,
+        tsne=tsne,
+        out=out,
+        device=device,
+    )
+    result = stage.run(options)
     console.emit(result, stage.render(result))
 
 
@@ -496,7 +509,15 @@ def align_faces(
     """
     from cmkd_cli.stages import align_faces as stage
 
-    result = stage.run(manifest, out, batch_size, device, min_prob, max_side)
+    options = stage.AlignFacesOptions(
+        manifest=manifest,
+        out=out,
+        batch_size=batch_size,
+        device=device,
+        min_prob=min_prob,
+        max_side=max_side,
+    )
+    result = stage.run(options)
     console.emit(result, stage.render(result))
 
 
@@ -514,7 +535,7 @@ def doctor(
     """
     from cmkd_cli.stages import doctor as stage
 
-    result = stage.run(wav)
+    result = stage.run(stage.DoctorOptions(wav=wav))
     console.emit(result, stage.render(result))
     problem = stage.failure(result)
     if problem:
@@ -539,7 +560,8 @@ def recipes_show(
     """Print a recipe fully resolved (extends, --set and defaults applied) as YAML."""
     from cmkd_cli.stages import recipes as stage
 
-    result = stage.show(name, set_ or [], parse_vars(var))
+    options = stage.ShowOptions(recipe=name, sets=set_ or [], variables=parse_vars(var))
+    result = stage.show(options)
     console.emit(result, result.yaml)
 
 

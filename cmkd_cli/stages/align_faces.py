@@ -57,6 +57,15 @@ CONFIG = "config.json"
 PATH_FIELDS = ("audio", "image")
 
 
+class AlignFacesOptions(StrictModel):
+    manifest: Path = Field(description="manifest with `frames` (prepare)")
+    out: Path = Field(description="output folder")
+    batch_size: int = Field(16, description="images per MTCNN batch")
+    device: str = Field("auto", description="auto|cpu|cuda")
+    min_prob: float = Field(MIN_PROB, description="least face probability")
+    max_side: int = Field(MAX_SIDE, description="downscale frames to this size for detection")
+
+
 class SkippedRecord(Skipped):
     """A record left out of the face manifest: its first frame and why each frame failed."""
 
@@ -91,16 +100,11 @@ class _Frame:
         return self.target.with_suffix(NO_FACE_SUFFIX)
 
 
-def run(
-    manifest: Path,
-    out: Path,
-    batch_size: int = 16,
-    device: str = "auto",
-    min_prob: float = MIN_PROB,
-    max_side: int = MAX_SIDE,
-) -> AlignFacesResult:
-    """Align the faces of `manifest`'s frames into `out`; idempotent."""
+def run(options: AlignFacesOptions) -> AlignFacesResult:
+    """Align the faces of the manifest's frames into `out`; idempotent."""
     started = time.perf_counter()
+    manifest, out, batch_size = options.manifest, options.out, options.batch_size
+    device, min_prob, max_side = options.device, options.min_prob, options.max_side
     _check_options(manifest, out, batch_size, min_prob, max_side)
     dev = _device(device)
     records = read_manifest(manifest)

@@ -26,12 +26,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from rich.console import Group
 from rich.table import Table
 
 from cmkd_cli.errors import UsageError
 from cmkd_cli.io import atomic_write_json, read_jsonl
+from cmkd_cli.schema import StrictModel
 
 ANALYSES = ("kept", "krc", "cka", "embeddings", "cost")
 CHECKPOINT_ANALYSES = ("krc", "cka", "embeddings")
@@ -40,6 +41,16 @@ EMBEDDING = "embedding"
 
 
 # ---------------------------------------------------------------------------- result model
+class AnalyzeOptions(StrictModel):
+    roots: list[Path] = Field(description="run or study directories")
+    analyses: list[str] | None = Field(None, description="analyses asked (None: all that apply)")
+    split: str = Field("test", description="train|val|test")
+    max_samples: int = Field(2000, description="samples of the split used (seeded draw)")
+    tsne: bool = Field(False, description="t-SNE instead of PCA")
+    out: Path | None = Field(None, description="output folder (default RUN_DIR/analysis)")
+    device: str = Field("auto", description="auto|cpu|cuda")
+
+
 class KeptSeries(BaseModel):
     variant: str
     seeds: int
@@ -537,16 +548,10 @@ def _checkpoint_reason(run: Run) -> str | None:
     return None
 
 
-def run(
-    roots: list[Path],
-    analyses: list[str] | None = None,
-    split: str = "test",
-    max_samples: int = 2000,
-    tsne: bool = False,
-    out: Path | None = None,
-    device: str = "auto",
-) -> AnalyzeResult:
+def run(options: AnalyzeOptions) -> AnalyzeResult:
     """Run the asked `analyses` (None: every one that applies) on the runs under `roots`."""
+    roots, analyses, split = options.roots, options.analyses, options.split
+    max_samples, tsne, out, device = options.max_samples, options.tsne, options.out, options.device
     if not roots:
         raise UsageError("give at least one RUN_DIR (a run or study directory)")
     if split not in SPLITS:

@@ -28,6 +28,17 @@ from cmkd_cli.data.manifest import read_manifest, resolve
 from cmkd_cli.engine.distributed import select_device
 from cmkd_cli.errors import UsageError
 from cmkd_cli.progress import track
+from cmkd_cli.stages.options import EmbedOptions
+
+
+class CrossMatchOptions(EmbedOptions):
+    checkpoint: Path = Field(description="a run's best.pt")
+    manifest: Path | None = Field(None, description="manifest with audio and aligned faces")
+    fbank: Path | None = Field(None, description="fbank store of the utterances")
+    triplets: int = Field(10000, description="triplets per protocol")
+    hard: bool = Field(False, description="both options of the same gender")
+    seed: int = Field(0, description="seed of the triplet draw")
+    split: str | None = Field(None, description="manifest split (default: the held-out one)")
 
 
 class MatchRow(BaseModel):
@@ -167,27 +178,17 @@ def held_out_split(recipe: Any) -> str:
     return str(recipe.data.params.get("face_eval_split", "test"))
 
 
-def run(
-    checkpoint: Path,
-    manifest: Path | None,
-    fbank: Path | None,
-    triplets: int,
-    hard: bool,
-    seed: int = 0,
-    device: str = "auto",
-    batch_size: int = 8,
-    crops: int = 10,
-    crop_seconds: float = 4.0,
-    split: str | None = None,
-) -> CrossMatchResult:
+def run(options: CrossMatchOptions) -> CrossMatchResult:
     from cmkd_cli.stages.experiment import method_from_checkpoint
 
-    dev = select_device(device)
+    o = options
+    checkpoint, manifest, hard = o.checkpoint, o.manifest, o.hard
+    dev = select_device(o.device)
     method, recipe = method_from_checkpoint(checkpoint)
     method.to(dev)
     if method.teacher is None:
         raise UsageError(f"{checkpoint}: method `{recipe.method.name}` has no teacher to match")
-    split = split or held_out_split(recipe)
+    split = o.split or held_out_split(recipe)
     if recipe.task != "speaker":
         rows = [class_matching(method, recipe, dev, split)]
         available = rows[0].trials
@@ -198,15 +199,15 @@ def run(
 
         features = student_features(recipe.model_dump(mode="json"), {})
         s, t, records = speaker_embeddings(
-            method, manifest, fbank, dev, batch_size, crops, crop_seconds, features, split
+            method, manifest, o.fbank, dev, o.batch_size, o.crops, o.crop_seconds, features, split
         )
         available = len(records)
         trip = draw_triplets(
             [r.speaker or "" for r in records],
             [getattr(r, "gender", None) for r in records],
-            triplets,
+            o.triplets,
             hard,
-            seed,
+            o.seed,
         )
         used = len(np.unique(trip))
         rows = [

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from rich.table import Table
 
 from cmkd_cli import console
@@ -33,8 +33,15 @@ from cmkd_cli.metrics.paired import CiMethod, interval, paired_delta, sample_std
 from cmkd_cli.schema import RecipeBase, Variant
 from cmkd_cli.stages import train_teacher
 from cmkd_cli.stages.experiment import preflight
+from cmkd_cli.stages.options import RecipeOptions
 
 STUDY_FILE = "study.yaml"
+
+
+class DistillOptions(RecipeOptions):
+    seeds: list[int] | None = Field(None, description="seeds to run (default: the recipe's)")
+    resume: Path | None = Field(None, description="continue the run or study in this directory")
+    variants: list[str] = Field(default_factory=list, description="only these compare variants")
 
 
 class RunSummary(BaseModel):
@@ -252,14 +259,8 @@ def tabulate(
     return table
 
 
-def run(
-    recipe: str | None,
-    sets: list[str],
-    variables: dict[str, str],
-    seeds: list[int] | None,
-    resume: Path | None,
-    variants: list[str],
-) -> DistillResult:
+def run(options: DistillOptions) -> DistillResult:
+    recipe, sets, resume, variants = options.recipe, options.sets, options.resume, options.variants
     if resume is not None:
         if recipe is not None or sets:
             raise UsageError("--resume continues a run as it was configured; drop --recipe/--set")
@@ -268,9 +269,9 @@ def run(
     elif recipe is None:
         raise UsageError("--recipe is required (see `cmkd recipes list`), or --resume RUN_DIR")
     else:
-        r = load_recipe(recipe, sets, variables)
+        r = load_recipe(recipe, sets, options.variables)
         root = Path(r.output.root) / (r.output.name or r.name)
-    seeds = seeds or r.seeds or [r.train.seed]
+    seeds = options.seeds or r.seeds or [r.train.seed]
     r = r.model_copy(update={"seeds": seeds})
     dist = init_distributed(r.train.device)
     jobs = plan(r, seeds)

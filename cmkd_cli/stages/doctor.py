@@ -6,12 +6,17 @@ import platform
 import sys
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from rich.table import Table
 
 from cmkd_cli import __version__
 from cmkd_cli.errors import RunError
 from cmkd_cli.native import run_checks
+from cmkd_cli.schema import StrictModel
+
+
+class DoctorOptions(StrictModel):
+    wav: Path | None = Field(None, description="a real recording for the fbank check")
 
 
 class CheckResult(BaseModel):
@@ -29,8 +34,9 @@ class DoctorResult(BaseModel):
     checks: list[CheckResult]
 
 
-def run(wav: Path | None = None) -> DoctorResult:
+def run(options: DoctorOptions) -> DoctorResult:
     """Every check runs (one failure does not hide the next); the result lists them all."""
+    wav = options.wav
     if wav is not None and not wav.is_file():
         raise RunError(f"--wav {wav}: no such file")
     checks = [

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from rich.table import Table
 
 from cmkd_cli import console
@@ -30,6 +30,7 @@ from cmkd_cli.errors import DataError, UsageError
 from cmkd_cli.metrics.trials import Scoring, Trials, read_trials, score_trials
 from cmkd_cli.metrics.verification import compute_eer, compute_min_dcf, det_curve
 from cmkd_cli.progress import track
+from cmkd_cli.stages.options import EmbedOptions
 
 #: standard trial lists: name -> (original file, cleaned file)
 TRIAL_LISTS = {
@@ -38,6 +39,24 @@ TRIAL_LISTS = {
     "voxceleb1-h": ("list_test_hard.txt", "list_test_hard2.txt"),
     "cnceleb": ("trials.txt", "trials.txt"),
 }
+
+
+class EvalOptions(EmbedOptions):
+    """`cmkd eval` and `cmkd noise-test` (which asks for several `snrs`)."""
+
+    checkpoint: Path = Field(description="a run's best.pt/last.pt")
+    trials: list[str] = Field(default_factory=list, description="trial list names or files")
+    manifest: Path | None = Field(None, description="manifest of the test utterances")
+    fbank: Path | None = Field(None, description="fbank store of the test utterances")
+    lists: Path | None = Field(None, description="folder of the trial lists")
+    original: bool = Field(False, description="the original VoxCeleb lists, not the cleaned")
+    musan: Path | None = Field(None, description="MUSAN root or its manifest")
+    snrs: list[float | None] = Field([None], description="noise levels in dB (None: clean)")
+    det: Path | None = Field(None, description="write DET curve PNG(s) here")
+    score: str | None = Field(None, description="cosine | distance (None: the checkpoint's)")
+    p_target: float | None = Field(None, description="minDCF P_target (None: the checkpoint's)")
+    c_miss: float | None = Field(None, description="minDCF C_miss (None: the checkpoint's)")
+    c_fa: float | None = Field(None, description="minDCF C_fa (None: the checkpoint's)")
 
 
 class TrialResult(BaseModel):
@@ -186,51 +205,34 @@ def verify(
     )
 
 
-def run(
-    checkpoint: Path,
-    trials: list[str],
-    manifest: Path | None,
-    fbank: Path | None,
-    lists: Path | None,
-    original: bool,
-    musan: Path | None,
-    snrs: list[float | None],
-    det: Path | None,
-    device: str = "auto",
-    batch_size: int = 8,
-    crops: int = 10,
-    crop_seconds: float = 4.0,
-    score: str | None = None,
-    p_target: float | None = None,
-    c_miss: float | None = None,
-    c_fa: float | None = None,
-) -> EvalResult:
-    dev = select_device(device)
-    model, recipe, spec = load_student(checkpoint, dev)
+def run(options: EvalOptions) -> EvalResult:
+    o = options
+    dev = select_device(o.device)
+    model, recipe, spec = load_student(o.checkpoint, dev)
     task = recipe.get("task", "classification")
     if task != "speaker":
-        return evaluate_classification(checkpoint, model, recipe, dev)
-    scoring = scoring_for(recipe, score=score, p_target=p_target, c_miss=c_miss, c_fa=c_fa)
-    if manifest is None:
+        return evaluate_classification(o.checkpoint, model, recipe, dev)
+    scoring = scoring_for(recipe, score=o.score, p_target=o.p_target, c_miss=o.c_miss, c_fa=o.c_fa)
+    if o.manifest is None:
         raise UsageError("--manifest is required for speaker checkpoints (the test utterances)")
-    if any(s is not None for s in snrs) and musan is None:
+    if any(s is not None for s in o.snrs) and o.musan is None:
         raise UsageError("--musan DIR is required with --musan-snr/--snr")
     noise = None
-    if musan is not None:
+    if o.musan is not None:
         from cmkd_cli.data.noise import NoiseBank
 
-        noise = NoiseBank(musan)
+        noise = NoiseBank(o.musan)
     cfg = student_features(recipe, spec)
-    if fbank is not None:
-        cfg = open_store(str(fbank), cfg, "--fbank").config
+    if o.fbank is not None:
+        cfg = open_store(str(o.fbank), cfg, "--fbank").config
     results = []
-    names = trials or ["voxceleb1-o"]
+    names = o.trials or ["voxceleb1-o"]
     for name in names:
-        path = resolve_trials(name, lists, manifest, original)
+        path = resolve_trials(name, o.lists, o.manifest, o.original)
         parsed = read_trials(path)
-        for snr in snrs:
-            feats = feature_source(manifest, fbank, cfg, noise, snr)
-            png = det_path(det, path, snr, several=len(names) * len(snrs) > 1)
+        for snr in o.snrs:
+            feats = feature_source(o.manifest, o.fbank, cfg, noise, snr)
+            png = det_path(o.det, path, snr, several=len(names) * len(o.snrs) > 1)
             results.append(
                 verify(
                     model,
@@ -240,16 +242,16 @@ def run(
                     dev,
                     snr,
                     png,
-                    batch_size,
-                    crops,
-                    crop_seconds,
+                    o.batch_size,
+                    o.crops,
+                    o.crop_seconds,
                     cfg,
                     scoring,
                 )
             )
             if png is not None:
                 console.info(f"DET curve: {png}")
-    return EvalResult(checkpoint=str(checkpoint), task=task, results=results)
+    return EvalResult(checkpoint=str(o.checkpoint), task=task, results=results)
 
 
 def det_path(det: Path | None, trials: Path, snr: float | None, several: bool) -> Path | None:

@@ -23,6 +23,21 @@ from cmkd_cli.io import atomic_write_jsonl
 from cmkd_cli.schema import StrictModel
 
 
+class ExtractOptions(StrictModel):
+    manifest: Path = Field(description="manifest.jsonl (or its folder) from `cmkd prepare`")
+    out: Path = Field(description="folder of the feature store")
+    workers: int | None = Field(None, description="processes (default min(4, CPUs))")
+    n_mels: int = Field(40, description="mel bands")
+    cmn: bool | None = Field(
+        None, description="per-utterance mean normalisation (None: the front-end's)"
+    )
+    dither: float = Field(0.0, description="Kaldi dither")
+    dtype: Literal["float16", "float32"] = "float16"
+    shard_size: int = Field(1000, description="utterances per shard")
+    overwrite: bool = Field(False, description="recompute a store made with another config")
+    frontend: str = Field("kaldi", description="kaldi | voxceleb_trainer (cmkd_cli.data.fbank)")
+
+
 class ExtractResult(StrictModel):
     manifest: str
     out: str
@@ -38,29 +53,23 @@ class ExtractResult(StrictModel):
     seconds: float
 
 
-def run(
-    manifest: Path,
-    out: Path,
-    workers: int | None = None,
-    n_mels: int = 40,
-    cmn: bool | None = None,
-    dither: float = 0.0,
-    dtype: Literal["float16", "float32"] = "float16",
-    shard_size: int = 1000,
-    overwrite: bool = False,
-    frontend: str = "kaldi",
-) -> ExtractResult:
-    """Compute the missing features of `manifest`'s records into the store at `out`
+def run(options: ExtractOptions) -> ExtractResult:
+    """Compute the missing features of the manifest's records into the store at `out`
     (`frontend`: kaldi | voxceleb_trainer, see `cmkd_cli.data.fbank`; `cmn` None: the
     front-end's default)."""
     from data_prep.common import default_workers, parallel_map, reason_kind
 
     started = time.perf_counter()
+    manifest, out, shard_size = options.manifest, options.out, options.shard_size
     if shard_size < 1:
         raise UsageError(f"--shard-size {shard_size}: must be at least 1")
     try:
         cfg = fbank.FbankConfig(
-            frontend=frontend, n_mels=n_mels, cmn=cmn, dither=dither, dtype=dtype
+            frontend=options.frontend,
+            n_mels=options.n_mels,
+            cmn=options.cmn,
+            dither=options.dither,
+            dtype=options.dtype,
         )
     except ValidationError as exc:
         err = exc.errors()[0]
@@ -71,8 +80,7 @@ def run(
     if not records:
         raise DataError(f"{manifest}: no record has an `audio` path")
     items = [(r.id, str(resolve(manifest, r.audio).absolute())) for r in records]
-    out = Path(out)
-    fbank.check_config(out, cfg, overwrite)
+    fbank.check_config(out, cfg, options.overwrite)
     entries = fbank.finished_entries(out)
     missing = [
         (uid, audio) for uid, audio in items if not fbank.is_current(entries.get(uid), audio)
@@ -80,7 +88,7 @@ def run(
     first = max(fbank.shard_numbers(out), default=-1) + 1
     jobs = fbank.plan_shards(missing, out, cfg, shard_size, first)
     reports = list(
-        parallel_map(fbank.write_shard, jobs, workers or default_workers(), "extract-fbank")
+        parallel_map(fbank.write_shard, jobs, options.workers or default_workers(), "extract-fbank")
     )
     entries = fbank.finished_entries(out)
     ids = [uid for uid, _ in items]

@@ -6,6 +6,11 @@ from pydantic import BaseModel
 from rich.table import Table
 
 from cmkd_cli.config import _read_yaml, dump_recipe, list_recipes, load_recipe
+from cmkd_cli.stages.options import RecipeOptions
+
+
+class ShowOptions(RecipeOptions):
+    recipe: str
 
 
 class RecipeInfo(BaseModel):
@@ -41,6 +46,6 @@ def render_list(result: RecipeList) -> Table:
     return t
 
 
-def show(name: str, sets: list[str], variables: dict[str, str]) -> RecipeShow:
-    r = load_recipe(name, sets, variables)
+def show(options: ShowOptions) -> RecipeShow:
+    r = load_recipe(options.recipe, options.sets, options.variables)
     return RecipeShow(name=r.name, yaml=dump_recipe(r), recipe=r.model_dump(mode="json"))

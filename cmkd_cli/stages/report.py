@@ -6,11 +6,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from rich.table import Table
 
 from cmkd_cli.errors import UsageError
 from cmkd_cli.io import read_jsonl
+from cmkd_cli.schema import StrictModel
+
+
+class ReportOptions(StrictModel):
+    run_dir: Path = Field(description="a run or study directory")
+    plots: bool = Field(True, description="write PNG curves")
 
 
 class RunReport(BaseModel):
@@ -61,7 +67,8 @@ def report_run(run_dir: Path, plots: bool) -> RunReport:
     return RunReport(run_dir=str(run_dir), epochs=epochs, final=final, plots=written)
 
 
-def run(run_dir: Path, plots: bool = True) -> ReportResult:
+def run(options: ReportOptions) -> ReportResult:
+    run_dir, plots = options.run_dir, options.plots
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir} is not a directory")
     dirs = _run_dirs(run_dir)

@@ -15,7 +15,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from cmkd_cli import console
 from cmkd_cli.config import load_recipe
@@ -26,8 +26,13 @@ from cmkd_cli.engine.loop import fit
 from cmkd_cli.errors import UsageError
 from cmkd_cli.io import atomic_torch_save
 from cmkd_cli.schema import DataConfig, RecipeBase, TeacherPretrain
+from cmkd_cli.stages.options import RecipeOptions
 
 TEACHER_FILE = "teacher.pt"
+
+
+class TeacherOptions(RecipeOptions):
+    out: Path | None = Field(None, description="output directory (default runs/NAME/teacher-KEY)")
 
 
 class TeacherResult(BaseModel):
@@ -172,11 +177,13 @@ def default_dir(recipe: RecipeBase, root: Path) -> Path:
     return root / f"teacher-{teacher_key(recipe)}"
 
 
-def run(recipe: str, sets: list[str], variables: dict[str, str], out: Path | None) -> TeacherResult:
-    r = load_recipe(recipe, sets, variables)
+def run(options: TeacherOptions) -> TeacherResult:
+    if options.recipe is None:
+        raise UsageError("--recipe is required")
+    r = load_recipe(options.recipe, options.sets, options.variables)
     dist = init_distributed(r.train.device)
     root = Path(r.output.root) / (r.output.name or r.name)
-    return train(r, out or default_dir(r, root), dist)
+    return train(r, options.out or default_dir(r, root), dist)
 
 
 def render(result: TeacherResult) -> str:
