@@ -20,6 +20,7 @@ except ImportError:  # pragma: no cover - older typer
     from click import ClickException
 from cmkd_cli.errors import CmkdError, RunError, UsageError
 from cmkd_cli.native import explain_load_error
+from cmkd_cli.stages import prepare
 
 app = typer.Typer(
     name="cmkd",
@@ -34,16 +35,9 @@ recipes_app = typer.Typer(help="List and show the bundled recipes.", no_args_is_
 app.add_typer(recipes_app, name="recipes")
 
 
-def _add_prepare_app() -> None:
-    """`cmkd prepare NAME ...`: one sub-command per data_prep reader (alias `prepare-data`)."""
-    from cmkd_cli.stages import prepare as stage
-
-    prepare_app = stage.build_app()
-    app.add_typer(prepare_app, name="prepare")
-    app.add_typer(prepare_app, name="prepare-data", hidden=True)
-
-
-_add_prepare_app()
+prepare_app = prepare.lazy_app()  # `cmkd prepare NAME`, one sub-command per data_prep reader
+app.add_typer(prepare_app, name="prepare")
+app.add_typer(prepare_app, name="prepare-data", hidden=True)
 
 RecipeOpt = Annotated[
     str | None, typer.Option("--recipe", "-r", help="recipe name (see `cmkd recipes list`) or path")

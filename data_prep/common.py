@@ -165,7 +165,7 @@ class Reader:
     summary: str
 
 
-READERS: Registry[Reader] = Registry("dataset")
+READERS: Registry[Reader] = Registry("reader", package="data_prep")
 
 
 def register_reader(name: str, options: type[PrepareOptions], summary: str):

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from cmkd_cli.registry import Registry, check_kwargs
 from cmkd_cli.schema import DataConfig
 
-DATASETS: Registry = Registry("dataset")
+DATASETS: Registry = Registry("dataset", package="cmkd_cli.data")
 register_dataset = DATASETS.register
 
 
@@ -94,14 +94,6 @@ class DataBundle:
 
 
 def build_data(cfg: DataConfig) -> DataBundle:
-    import importlib
-    import pkgutil
-
-    import cmkd_cli.data as package
-
-    for mod in pkgutil.iter_modules(package.__path__):  # registers the built-in datasets
-        importlib.import_module(f"{package.__name__}.{mod.name}")
-
     builder = DATASETS.get(cfg.name, field="data.name")
     check_kwargs(builder, cfg.params, field="data.params")
     return builder(**cfg.params)

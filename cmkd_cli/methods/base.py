@@ -19,7 +19,7 @@ from cmkd_cli.models.taps import FeatureTaps
 from cmkd_cli.registry import Registry
 from cmkd_cli.schema import MethodConfig
 
-METHODS: Registry[type[Method]] = Registry("method")
+METHODS: Registry[type[Method]] = Registry("method", package="cmkd_cli.methods")
 
 
 def register_method(name: str):

@@ -8,7 +8,7 @@ from torch import nn
 
 from cmkd_cli.registry import Registry, check_kwargs
 
-MODELS: Registry = Registry("model")
+MODELS: Registry = Registry("model", package="cmkd_cli.models")
 register_model = MODELS.register
 
 
@@ -16,8 +16,6 @@ def create_model(
     name: str, num_classes: int | None, params: dict[str, Any] | None = None, field: str = "model"
 ) -> nn.Module:
     """Build a registered model; unknown names or parameters name the recipe field at fault."""
-    import cmkd_cli.models  # noqa: F401  (registers every built-in model)
-
     builder = MODELS.get(name, field=f"{field}.name")
     params = dict(params or {})
     check_kwargs(builder, params, field=f"{field}.params")

@@ -46,8 +46,6 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 def _model_params(cfg: ModelConfig, data: DataBundle, field: str) -> dict[str, Any]:
     """The builder's parameters; `class_names` is filled from the data when it takes them."""
-    import cmkd_cli.models  # noqa: F401  (registers the built-in models)
-
     params = dict(cfg.params)
     builder = MODELS.get(cfg.name, field=f"{field}.name")
     check_kwargs(builder, params, field=f"{field}.params")

@@ -1,45 +1,33 @@
 """`cmkd prepare NAME`: run a registered dataset reader and report what it wrote.
 
-Readers live in `data_prep/` and register themselves with `data_prep.common.register_reader`
-(name, pydantic options model, help). `READER_MODULES` lists the modules to import; each
-reader becomes a sub-command whose options are generated from its options model, so a new
-reader is one new module plus one line here.
+Readers are the modules of `data_prep/`; each registers itself with
+`data_prep.common.register_reader` (name, pydantic options model, help) and becomes a
+sub-command whose options are generated from its options model, so a new reader is one new
+module. The sub-commands are built the first time `cmkd prepare ...` is parsed: `cmkd --help`
+imports no reader.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Any
 
+import typer
 from pydantic import ValidationError
 from rich.table import Table
+from typer.core import TyperGroup
 
 from cmkd_cli import console
 from cmkd_cli.errors import UsageError
 
-READER_MODULES: tuple[str, ...] = (
-    "data_prep.voxceleb",
-    "data_prep.cnceleb",
-    "data_prep.musan",
-    "data_prep.ave",
-    "data_prep.crema_d",
-    "data_prep.vggsound",
-    "data_prep.crisismmd",
-    "data_prep.cifar",
-    "data_prep.tiny_imagenet",
-    "data_prep.av_digits",
-    "data_prep.nyu_depth_v2",
-)
+HELP = "Read a public dataset in its own layout; write OUT/manifest.jsonl (+ skipped.jsonl)."
 
 
 def readers():
-    """The reader registry with every module of READER_MODULES imported."""
-    for module in READER_MODULES:
-        importlib.import_module(module)
-    from data_prep.common import READERS
+    """The reader registry, every module of `data_prep/` imported."""
+    from data_prep.common import READERS  # data_prep.common loads numpy: not at `cmkd --help`
 
-    return READERS
+    return READERS.discover()
 
 
 def run(name: str, **options: Any):
@@ -92,8 +80,6 @@ def render(result) -> Table:
 
 def _command(name: str, model: type) -> Any:
     """A Typer command for reader `name` whose options mirror the fields of `model`."""
-    import typer
-
     params = []
     for field_name, field in model.model_fields.items():
         flag = "--" + field_name.replace("_", "-")
@@ -117,14 +103,29 @@ def _command(name: str, model: type) -> Any:
     return command
 
 
-def build_app():
-    """The `cmkd prepare` Typer sub-app: one sub-command per registered reader."""
-    import typer
-
-    app = typer.Typer(
-        help="Read a public dataset in its own layout; write OUT/manifest.jsonl (+ skipped.jsonl).",
-        no_args_is_help=True,
-    )
+def build_app() -> typer.Typer:
+    """A Typer app with one sub-command per registered reader."""
+    app = typer.Typer(help=HELP, no_args_is_help=True)
     for name, reader in readers().items():
         app.command(name, help=reader.summary)(_command(name, reader.options))
     return app
+
+
+class ReaderGroup(TyperGroup):
+    """The `prepare` command group: its reader sub-commands are made on first access."""
+
+    @property
+    def commands(self) -> dict[str, Any]:
+        if self._readers is None:
+            self._readers = dict(typer.main.get_group(build_app()).commands)
+        return {**self._readers, **self._given}
+
+    @commands.setter
+    def commands(self, value: dict[str, Any]) -> None:
+        self._readers: dict[str, Any] | None = None
+        self._given = dict(value)
+
+
+def lazy_app() -> typer.Typer:
+    """The `cmkd prepare` sub-app; nothing of data_prep is imported until it is used."""
+    return typer.Typer(help=HELP, no_args_is_help=True, cls=ReaderGroup)

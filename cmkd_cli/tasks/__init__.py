@@ -7,19 +7,16 @@ angular prototypical loss); the method holds it as `method.task`, calls
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import Any
 
-from cmkd_cli.registry import Registry
+from cmkd_cli.errors import UsageError
+from cmkd_cli.registry import Registry, check_kwargs
 
-TASKS: Registry = Registry("task")
+TASKS: Registry = Registry("task", package="cmkd_cli.tasks")
 
 
 def task_class(name: str) -> Any:
-    """The registered task class `name` (the built-in tasks are imported first)."""
-    for mod in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{mod.name}")
+    """The registered task class `name`."""
     return TASKS.get(name, field="task")
 
 
@@ -27,14 +24,10 @@ def check_metric(task: str, metric: str) -> None:
     """`eval.metric` must be one the task reports (checked before any work)."""
     names = task_class(task).metrics
     if metric not in names:
-        from cmkd_cli.errors import UsageError
-
         raise UsageError(f"eval.metric: {metric!r} is not one of {sorted(names)} (task {task})")
 
 
 def build_task(name: str, num_classes: int, params: dict[str, Any] | None = None) -> Any:
-    from cmkd_cli.registry import check_kwargs
-
     cls = task_class(name)
     params = dict(params or {})
     check_kwargs(cls.__init__, params, field="task_params")
