@@ -15,10 +15,10 @@ for the l1/l2 lines). eta = 1[KRC(f_T^pro, f_S^pro) > omega] (Eq. 3-4, Kendall t
 C classes, target included, on the device: `losses.rank.kendall_tau_b`); NT-KL is the KL on
 the non-target classes with the target logit *zeroed* and the softmax over all C classes
 (`losses.logit.nontarget_kl`, the released `ntkl`), summed over the kept samples and divided
-by the whole batch (`_logit_common.filtered_kl`; with the defaults the two OFSD terms add up to
-`losses.c2kd.ofsd_loss`). T 1, l1 = l2 = l3 = 1, omega 0. There is no direct KD between the
-two main heads. The proxies (`models.proxy.ProxyHead`: GAP, 1x1 conv, BN, LeakyReLU(0.1),
-linear) read each network's second-to-last stage (`layer3` of a ResNet, as the released
+by the whole batch (`losses.c2kd.filtered_kl`; eta from `losses.c2kd.select_samples`).
+T 1, l1 = l2 = l3 = 1, omega 0. There is no direct KD between the two main heads. The
+proxies (`models.proxy.ProxyHead`: GAP, 1x1 conv, BN, LeakyReLU(0.1), linear) read each
+network's second-to-last stage (`layer3` of a ResNet, as the released
 code), with their inputs *not* detached, so the l1/l2/l3 terms also train the backbones.
 
 Teacher tuning is the recipe's `teacher.tune`: `full` (the released code; paper's Ours‡),
@@ -31,7 +31,7 @@ Variants for paper B's analyses (fields of this one method):
   samples as KRC keeps, Table 2 "+Random"), `none` (no selection: Table 5's "OFS" off).
   GradCos is the per-sample cosine between the gradients of the t->s OFSD term and of the CE
   of the student proxy, both taken with respect to the student proxy's logits (see
-  `_logit_common.gradcos_score`). `omega` is the threshold of every score (strict `>`).
+  `losses.c2kd.gradcos_score`). `omega` is the threshold of every score (strict `>`).
 - `non_target` (Table 5 "NT"): off = the full-class KL; `target: remove` drops the target
   class instead of zeroing its logit (DKD's NCKD form).
 - `bidirectional` (Table 5 "BD"): off = knowledge flows only from teacher to student: no
@@ -45,7 +45,7 @@ Variants for paper B's analyses (fields of this one method):
 
 - `loss` (paper B Table 4 "Ours+[17]", "we replace KL loss with the advanced DIST loss"):
   `dist` replaces the KL of the two OFSD terms (the cross-modal transfer) by DIST over the
-  kept samples (`_logit_common.filtered_dist`, tau = T, on the same non-target logits); the
+  kept samples (`losses.c2kd.filtered_dist`, tau = T, on the same non-target logits); the
   unimodal model <-> proxy terms stay KL (our reading: the paper does not say which KLs).
 
 Dense predictions (paper B Sec. 4.2, NYU-Depth V2 with DeepLabV3+; models with
@@ -73,15 +73,12 @@ from pydantic import Field
 from torch import nn
 
 from cmkd_cli.errors import UsageError
-from cmkd_cli.losses.c2kd import bidirectional_kl
+from cmkd_cli.losses.c2kd import TargetMode, bidirectional_kl, filtered_dist, filtered_kl
 from cmkd_cli.losses.kd import kd_loss
 from cmkd_cli.methods._feature_common import FeatureSpec, feature_source
 from cmkd_cli.methods._logit_common import (
     SampleSelector,
     SelectorConfig,
-    TargetMode,
-    filtered_dist,
-    filtered_kl,
     is_dense,
     peer_task_loss,
     pixel_samples,

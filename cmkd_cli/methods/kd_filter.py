@@ -4,7 +4,7 @@ and "+Random").
 Paper B filters out the samples whose teacher and student logits are rank-misaligned
 (Kendall tau <= 0, Eq. 3-4) before distilling, and, as a control, the same number of samples
 chosen at random. Each kept sample's KL is summed and divided by the whole batch size (the
-reduction of the released C2KD code's filtered KL, `_logit_common.filtered_kl`):
+reduction of the released C2KD code's filtered KL, `losses.c2kd.filtered_kl`):
 
     base kd:   L = task_weight * CE + weight * T^2 / B * sum_b eta_b KL(p_t^T || p_s^T)
     base nckd: L = task_weight * CE + weight * T^2 / B * sum_b eta_b KL(p^_t^T || p^_s^T)
@@ -24,12 +24,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from cmkd_cli.methods._logit_common import (
-    SampleSelector,
-    SelectorConfig,
-    filtered_kl,
-    selection_stats,
-)
+from cmkd_cli.losses.c2kd import filtered_kl
+from cmkd_cli.methods._logit_common import SampleSelector, SelectorConfig, selection_stats
 from cmkd_cli.methods.base import Method, StepOutput, register_method
 
 
