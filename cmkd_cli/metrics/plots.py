@@ -1,17 +1,24 @@
-"""PNG plots: DET curves and training curves. Headless (Agg canvas), written atomically."""
+"""PNG plots: DET curves, training curves and the figures of `cmkd analyze` (kept fraction,
+KRC histogram, CKA heat-map, 2-D embeddings, training cost). Headless (a bare Agg figure, no
+pyplot state), written atomically. matplotlib is imported inside the functions: it costs
+about half a second, which `cmkd eval` without `--det` and every other stage never pay.
+"""
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cmkd_cli.errors import UsageError
 from cmkd_cli.io import atomic_path
+from cmkd_cli.metrics.training import CostRow, KeptSeries, finite_number
+
+if TYPE_CHECKING:  # the plots take tensors but need no torch (`cmkd report` never loads it)
+    import torch
 
 # DET axis ticks, in percent: the NIST / Bosaris ticks up to 40%, then on towards 99.9% so
 # that a weak system (EER near 50%) still has its curve and its EER point on the plot
@@ -33,7 +40,7 @@ def det_limits(far: Any, frr: Any) -> tuple[float, float]:
 
 
 def _figure(rows: int = 1, height: float = 4.5):
-    # A bare Figure with an Agg canvas: no pyplot state, no global backend switch.
+    """A bare Figure with an Agg canvas: no pyplot state, no global backend switch."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -88,12 +95,6 @@ def plot_det(
     return _save(fig, path)
 
 
-def _number(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return None
-    return float(v) if math.isfinite(v) else None
-
-
 def plot_curves(
     rows: Iterable[Mapping[str, Any]],
     keys: Sequence[str],
@@ -111,7 +112,7 @@ def plot_curves(
         raise UsageError("plot_curves needs at least one metric key to plot")
     series = {}
     for key in keys:
-        pts = [(_number(r.get(x)), _number(r.get(key))) for r in rows]
+        pts = [(finite_number(r.get(x)), finite_number(r.get(key))) for r in rows]
         pts = [(a, b) for a, b in pts if a is not None and b is not None]
         if not pts:
             seen = sorted({k for r in rows for k in r})
@@ -175,4 +176,129 @@ def plot_study(
         ax.grid(True, axis="x", alpha=0.4)
     if title:
         fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_kept(series: list[KeptSeries], path: Path) -> Path:
+    """OFSD's kept fraction per epoch, one line per variant (C2KD Fig. 3)."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure()
+    ax = fig.add_subplot()
+    for s in series:
+        ax.plot([e + 1 for e in s.epochs], s.kept, marker=".", label=s.variant)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("fraction of samples kept (score > omega)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("OFSD sample selection over training (C2KD Fig. 3)")
+    ax.grid(True, alpha=0.4)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_cost(rows: list[CostRow], path: Path) -> Path:
+    """Bars of time per epoch and, when measured (CUDA), of peak memory per variant."""
+    memory = any(r.peak_mem_mb is not None for r in rows)
+    fig = _figure(rows=2 if memory else 1, height=3.2)
+    axes = fig.subplots(2 if memory else 1, 1, squeeze=False)[:, 0]
+    names = [r.variant for r in rows]
+    axes[0].bar(names, [r.epoch_time_s for r in rows], yerr=[r.epoch_time_std for r in rows])
+    axes[0].set_ylabel("time per epoch (s)")
+    axes[0].set_title(
+        "training cost per method (C2KD appendix E)"
+        + ("" if memory else "\npeak memory: n/a on CPU")
+    )
+    if memory:
+        axes[1].bar(names, [r.peak_mem_mb or 0.0 for r in rows], color="tab:orange")
+        axes[1].set_ylabel("peak CUDA memory (MB)")
+    for ax in axes:
+        ax.tick_params(axis="x", labelrotation=20)
+    return _save(fig, path)
+
+
+def plot_krc(values: dict[str, torch.Tensor], path: Path) -> Path:
+    """Histograms of the per-sample KRC of teacher and student logits (C2KD Fig. 1b)."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    bins = np.linspace(-1, 1, 41)
+    for name, v in values.items():
+        v = v.numpy()
+        ax.hist(v, bins=bins, histtype="step", linewidth=1.5, label=f"{name} (mean {v.mean():.3f})")
+    ax.axvline(0.0, color="k", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("KRC of teacher and student logits (Kendall tau-b)")
+    ax.set_ylabel("samples")
+    ax.set_title("soft-label rank agreement per sample (C2KD Fig. 1b)")
+    ax.grid(True, alpha=0.4)
+    ax.legend(loc="upper left", fontsize="small")
+    return _save(fig, path)
+
+
+def plot_cka(
+    matrix: list[list[float]],
+    student_features: list[str],
+    teacher_features: list[str],
+    matched: list[tuple[str, str]],
+    run: str,
+    path: Path,
+) -> Path:
+    """Heat-map of linear CKA, student features (rows) by teacher features (columns), the
+    `matched` (student, teacher) pairs in bold (C2KD Fig. 6)."""
+    m = np.array(matrix, dtype=np.float64)
+    fig = _figure(height=1.2 + 0.6 * len(student_features))
+    ax = fig.add_subplot()
+    im = ax.imshow(m, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    bold_pairs = set(matched)
+    for i, s in enumerate(student_features):
+        for j, t in enumerate(teacher_features):
+            bold = "bold" if (s, t) in bold_pairs else "normal"
+            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", color="w", weight=bold)
+    ax.set_xticks(range(len(teacher_features)), teacher_features, rotation=20)
+    ax.set_yticks(range(len(student_features)), student_features)
+    ax.set_xlabel("teacher feature")
+    ax.set_ylabel("student feature")
+    ax.set_title(
+        f"linear CKA (C2KD Fig. 6): {run}\nbold: features at matching depth", fontsize="medium"
+    )
+    fig.colorbar(im, ax=ax)
+    return _save(fig, path)
+
+
+_MARKERS = {"teacher": "o", "projected teacher": "^", "student": "s"}
+
+
+def plot_embeddings(
+    panels: list[dict[str, np.ndarray]], y: torch.Tensor, title: str, path: Path
+) -> Path:
+    """One scatter per panel of 2-D points (`metrics.features.reduce_panel`), coloured by
+    class, one marker per source (soft CMKD Fig. 8)."""
+    from matplotlib.lines import Line2D
+
+    fig = _figure(rows=len(panels), height=4.2)
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    labels = y.numpy()
+    n_classes = int(labels.max()) + 1
+    cmap = "tab10" if n_classes <= 10 else "tab20" if n_classes <= 20 else "viridis"
+    for ax, sources in zip(axes, panels, strict=True):
+        for src, pts in sources.items():
+            sc = ax.scatter(
+                pts[:, 0],
+                pts[:, 1],
+                c=labels,
+                cmap=cmap,
+                vmin=0,
+                vmax=max(n_classes - 1, 1),
+                marker=_MARKERS[src],
+                s=14,
+                alpha=0.7,
+                linewidths=0,
+            )
+        handles = [
+            Line2D([], [], marker=_MARKERS[s], color="grey", linestyle="", label=s) for s in sources
+        ]
+        ax.legend(handles=handles, loc="best", fontsize="small")
+        ax.set_title(" + ".join(sources), fontsize="medium")
+        ax.grid(True, alpha=0.3)
+        fig.colorbar(sc, ax=ax, label="class")
+    axes[0].set_title(f"{title}\n{axes[0].get_title()}", fontsize="medium")
     return _save(fig, path)

@@ -18,26 +18,34 @@ writes OUT/*.png and OUT/analysis.json (OUT defaults to the first RUN_DIR's anal
 
 from __future__ import annotations
 
-import math
-import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+import yaml
 from pydantic import BaseModel, Field
 from rich.console import Group
 from rich.table import Table
+from torch.utils.data import Subset
 
+from cmkd_cli.data.datasets import keyed_rng
+from cmkd_cli.engine.distributed import select_device
 from cmkd_cli.errors import UsageError
 from cmkd_cli.io import atomic_write_json, read_jsonl
+from cmkd_cli.methods import METHODS
+from cmkd_cli.metrics.features import embedding_panels, extract, reduce_panel
+from cmkd_cli.metrics.plots import plot_cka, plot_cost, plot_embeddings, plot_kept, plot_krc
+from cmkd_cli.metrics.similarity import CkaPair, cka_matrix, krc_values, matched_pairs
+from cmkd_cli.metrics.training import CostRow, KeptSeries, RunLog, cost_rows, kept_series
+from cmkd_cli.runs import STUDY_FILE, run_dirs
 from cmkd_cli.schema import StrictModel
+from cmkd_cli.stages.distill import DataCache
+from cmkd_cli.stages.experiment import method_from_checkpoint
 
 ANALYSES = ("kept", "krc", "cka", "embeddings", "cost")
 CHECKPOINT_ANALYSES = ("krc", "cka", "embeddings")
 SPLITS = ("train", "val", "test")
-EMBEDDING = "embedding"
 
 
 # ---------------------------------------------------------------------------- result model
@@ -51,14 +59,6 @@ class AnalyzeOptions(StrictModel):
     device: str = Field("auto", description="auto|cpu|cuda")
 
 
-class KeptSeries(BaseModel):
-    variant: str
-    seeds: int
-    source: str  # "epoch rows" (train/stats/kept) or "step rows" (mean of logged steps)
-    epochs: list[int]
-    kept: list[float]
-
-
 class KrcRow(BaseModel):
     run: str
     checkpoint: str
@@ -66,12 +66,6 @@ class KrcRow(BaseModel):
     mean: float
     median: float
     frac_nonpositive: float
-
-
-class CkaPair(BaseModel):
-    student: str
-    teacher: str
-    cka: float
 
 
 class CkaResult(BaseModel):
@@ -94,16 +88,6 @@ class EmbeddingPlot(BaseModel):
     plot: str
 
 
-class CostRow(BaseModel):
-    variant: str
-    method: str
-    runs: int
-    epochs: int
-    epoch_time_s: float
-    epoch_time_std: float
-    peak_mem_mb: float | None  # None: not measured (CPU runs)
-
-
 class AnalyzeResult(BaseModel):
     roots: list[str]
     out_dir: str
@@ -120,15 +104,12 @@ class AnalyzeResult(BaseModel):
 
 # ---------------------------------------------------------------------------------- runs
 @dataclass
-class Run:
+class Run(RunLog):
     """One run directory: `label` is its variant (study) or its folder name (single run)."""
 
     dir: Path
-    label: str
     seed: int | None
-    method: str
     task: str
-    rows: list[dict[str, Any]] = field(repr=False)
 
     @property
     def name(self) -> str:
@@ -141,16 +122,11 @@ class Run:
 
 def discover(roots: list[Path]) -> list[Run]:
     """The runs under each root (a run directory, or a study's VARIANT/seed-S/ folders)."""
-    import yaml
-
-    from cmkd_cli.stages.distill import STUDY_FILE
-    from cmkd_cli.stages.report import _run_dirs
-
     runs = []
     for root in roots:
         if not root.is_dir():
             raise UsageError(f"{root} is not a directory")
-        dirs = _run_dirs(root)
+        dirs = run_dirs(root)
         if not dirs:
             raise UsageError(f"{root} holds no metrics.jsonl (is it a run or study directory?)")
         for d in dirs:
@@ -176,369 +152,17 @@ def discover(roots: list[Path]) -> list[Run]:
     return runs
 
 
-def _number(v: Any) -> float | None:
-    ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-    return float(v) if ok else None
-
-
-def _by_label(runs: list[Run]) -> dict[str, list[Run]]:
-    groups: dict[str, list[Run]] = {}
-    for r in runs:
-        groups.setdefault(r.label, []).append(r)
-    return groups
-
-
-# ---------------------------------------------------------------------------- kept (Fig. 3)
-def kept_per_epoch(rows: list[dict[str, Any]]) -> tuple[dict[int, float], str] | None:
-    """Per epoch, the fraction of samples the selector kept: the epoch row's
-    `train/stats/kept` (the mean over every step), else the mean of the logged step rows'
-    `stats/kept`; None when the run logged neither."""
-    exact = {
-        int(r["epoch"]): v
-        for r in rows
-        if r.get("kind") == "epoch" and (v := _number(r.get("train/stats/kept"))) is not None
-    }
-    if exact:
-        return exact, "epoch rows"
-    steps: dict[int, list[float]] = {}
-    for r in rows:
-        if r.get("kind") == "step" and (v := _number(r.get("stats/kept"))) is not None:
-            steps.setdefault(int(r["epoch"]), []).append(v)
-    if steps:
-        return {e: statistics.fmean(v) for e, v in steps.items()}, "step rows"
-    return None
-
-
-def kept_series(runs: list[Run]) -> list[KeptSeries]:
-    """One series per variant: the per-epoch kept fraction averaged over its seeds."""
-    out = []
-    for label, group in _by_label(runs).items():
-        found = [k for r in group if (k := kept_per_epoch(r.rows)) is not None]
-        if not found:
-            continue
-        epochs = sorted({e for per, _ in found for e in per})
-        out.append(
-            KeptSeries(
-                variant=label,
-                seeds=len(found),
-                source=", ".join(sorted({src for _, src in found})),
-                epochs=epochs,
-                kept=[statistics.fmean(per[e] for per, _ in found if e in per) for e in epochs],
-            )
-        )
-    return out
-
-
-def plot_kept(series: list[KeptSeries], path: Path) -> Path:
-    from matplotlib.ticker import MaxNLocator
-
-    from cmkd_cli.metrics.plots import _figure, _save
-
-    fig = _figure()
-    ax = fig.add_subplot()
-    for s in series:
-        ax.plot([e + 1 for e in s.epochs], s.kept, marker=".", label=s.variant)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("fraction of samples kept (score > omega)")
-    ax.set_ylim(0, 1.02)
-    ax.set_title("OFSD sample selection over training (C2KD Fig. 3)")
-    ax.grid(True, alpha=0.4)
-    ax.legend()
-    return _save(fig, path)
-
-
-# ------------------------------------------------------------------------ cost (appendix E)
-def cost_rows(runs: list[Run]) -> list[CostRow]:
-    """Per variant: mean (and std) of `epoch_time_s` over its epoch rows, and the largest
-    `peak_mem_bytes` of its runs (None when no run measured it: CPU runs)."""
-    out = []
-    for label, group in _by_label(runs).items():
-        epochs = [r for run in group for r in run.rows if r.get("kind") == "epoch"]
-        times = [t for r in epochs if (t := _number(r.get("epoch_time_s"))) is not None]
-        if not times:
-            continue
-        mem = [m for r in epochs if (m := _number(r.get("peak_mem_bytes"))) is not None]
-        out.append(
-            CostRow(
-                variant=label,
-                method=group[0].method,
-                runs=len(group),
-                epochs=len(times),
-                epoch_time_s=statistics.fmean(times),
-                epoch_time_std=statistics.pstdev(times),
-                peak_mem_mb=max(mem) / 2**20 if mem else None,
-            )
-        )
-    return out
-
-
-def plot_cost(rows: list[CostRow], path: Path) -> Path:
-    """Bars of time per epoch and, when measured (CUDA), of peak memory per variant."""
-    from cmkd_cli.metrics.plots import _figure, _save
-
-    memory = any(r.peak_mem_mb is not None for r in rows)
-    fig = _figure(rows=2 if memory else 1, height=3.2)
-    axes = fig.subplots(2 if memory else 1, 1, squeeze=False)[:, 0]
-    names = [r.variant for r in rows]
-    axes[0].bar(names, [r.epoch_time_s for r in rows], yerr=[r.epoch_time_std for r in rows])
-    axes[0].set_ylabel("time per epoch (s)")
-    axes[0].set_title(
-        "training cost per method (C2KD appendix E)"
-        + ("" if memory else "\npeak memory: n/a on CPU")
-    )
-    if memory:
-        axes[1].bar(names, [r.peak_mem_mb or 0.0 for r in rows], color="tab:orange")
-        axes[1].set_ylabel("peak CUDA memory (MB)")
-    for ax in axes:
-        ax.tick_params(axis="x", labelrotation=20)
-    return _save(fig, path)
-
-
-# -------------------------------------------------------------------- checkpoint features
-@dataclass
-class Features:
-    """Outputs of student and teacher on one split: labels, logits and pooled features
-    (`[N, C]` per stage path, then `embedding`)."""
-
-    y: torch.Tensor
-    student_logits: torch.Tensor | None
-    teacher_logits: torch.Tensor | None
-    student: dict[str, torch.Tensor]
-    teacher: dict[str, torch.Tensor]
-
-
-def pool(f: torch.Tensor) -> torch.Tensor:
-    """Global average pooling of a `[B, C, ...]` feature to `[B, C]`."""
-    return f.float().flatten(2).mean(-1) if f.dim() > 2 else f.float()
-
-
 def split_subset(dataset: Any, split: str, max_samples: int) -> Any:
     """At most `max_samples` samples of `dataset`, a seeded draw when it is larger."""
-    from torch.utils.data import Subset
-
-    from cmkd_cli.data.datasets import keyed_rng
-
     if len(dataset) <= max_samples:
         return dataset
     idx = keyed_rng("analyze", split).choice(len(dataset), max_samples, replace=False)
     return Subset(dataset, sorted(int(i) for i in idx))
 
 
-@torch.no_grad()
-def extract(method: Any, dataset: Any, batch_size: int, device: torch.device) -> Features:
-    """Run student (`batch[input_key]`) and teacher (`batch["t"]`) over `dataset`."""
-    from torch.utils.data import DataLoader
-
-    from cmkd_cli.methods._feature_common import feature_source
-
-    sources = {
-        role: [
-            feature_source(method, model, i, f"{role}.stage_paths[{i}]")
-            for i in range(len(getattr(model, "stage_paths", [])))
-        ]
-        for role, model in (("student", method.student), ("teacher", method.teacher))
-    }
-    feats: dict[str, dict[str, list[torch.Tensor]]] = {"student": {}, "teacher": {}}
-    logits: dict[str, list[torch.Tensor]] = {"student": [], "teacher": []}
-    ys = []
-    for batch in DataLoader(dataset, batch_size=batch_size):
-        outs = {
-            "student": method.student(batch[method.input_key].to(device)),
-            "teacher": method.teacher(batch["t"].to(device)),
-        }
-        for role, out in outs.items():
-            for src in sources[role]:
-                feats[role].setdefault(src.path, []).append(pool(src.read(out)).cpu())
-            feats[role].setdefault(EMBEDDING, []).append(pool(out.embedding).cpu())
-            if out.logits is not None:
-                logits[role].append(out.logits.float().cpu())
-        ys.append(torch.as_tensor(batch["y"]))
-
-    def cat(parts: list[torch.Tensor]) -> torch.Tensor | None:
-        return torch.cat(parts) if parts else None
-
-    return Features(
-        y=torch.cat(ys),
-        student_logits=cat(logits["student"]),
-        teacher_logits=cat(logits["teacher"]),
-        student={k: torch.cat(v) for k, v in feats["student"].items()},
-        teacher={k: torch.cat(v) for k, v in feats["teacher"].items()},
-    )
-
-
-# ------------------------------------------------------------------------- KRC (Fig. 1b)
-def krc_values(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
-    """Per sample, Kendall's tau-b between the teacher's and the student's logits
-    (C2KD Eq. 3); NaN rows (a constant logit vector) are dropped."""
-    from cmkd_cli.losses.rank import kendall_tau_b
-
-    tau = kendall_tau_b(teacher_logits, student_logits).double()
-    return tau[torch.isfinite(tau)]
-
-
-def plot_krc(values: dict[str, torch.Tensor], path: Path) -> Path:
-    from cmkd_cli.metrics.plots import _figure, _save
-
-    fig = _figure()
-    ax = fig.add_subplot()
-    bins = np.linspace(-1, 1, 41)
-    for name, v in values.items():
-        v = v.numpy()
-        ax.hist(v, bins=bins, histtype="step", linewidth=1.5, label=f"{name} (mean {v.mean():.3f})")
-    ax.axvline(0.0, color="k", linestyle="--", linewidth=0.8)
-    ax.set_xlabel("KRC of teacher and student logits (Kendall tau-b)")
-    ax.set_ylabel("samples")
-    ax.set_title("soft-label rank agreement per sample (C2KD Fig. 1b)")
-    ax.grid(True, alpha=0.4)
-    ax.legend(loc="upper left", fontsize="small")
-    return _save(fig, path)
-
-
-# -------------------------------------------------------------------------- CKA (Fig. 6)
-def depth_pairs(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
-    """Stages at the same relative depth: each stage of the shallower network with the stage
-    of the deeper one that ends at the same fraction of its depth."""
-    k = min(n_student, n_teacher)
-
-    def at(n: int, i: int) -> int:
-        return round((i + 1) * n / k) - 1
-
-    return [(at(n_student, i), at(n_teacher, i)) for i in range(k)]
-
-
-def cka_matrix(
-    student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]
-) -> list[list[float]]:
-    """Linear CKA of every student feature (rows) with every teacher feature (columns)."""
-    from cmkd_cli.metrics.similarity import linear_cka
-
-    return [[linear_cka(s, t) for t in teacher.values()] for s in student.values()]
-
-
-def matched_pairs(
-    student: list[str], teacher: list[str], matrix: list[list[float]]
-) -> list[CkaPair]:
-    """Stage pairs by relative depth (`depth_pairs`), then embedding with embedding."""
-    s_stages, t_stages = student[:-1], teacher[:-1]  # the last feature is the embedding
-    pairs = depth_pairs(len(s_stages), len(t_stages)) + [(len(student) - 1, len(teacher) - 1)]
-    return [CkaPair(student=student[i], teacher=teacher[j], cka=matrix[i][j]) for i, j in pairs]
-
-
-def plot_cka(result: CkaResult, path: Path) -> Path:
-    from cmkd_cli.metrics.plots import _figure, _save
-
-    m = np.array(result.matrix, dtype=np.float64)
-    fig = _figure(height=1.2 + 0.6 * len(result.student_features))
-    ax = fig.add_subplot()
-    im = ax.imshow(m, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-    matched = {(p.student, p.teacher) for p in result.matched}
-    for i, s in enumerate(result.student_features):
-        for j, t in enumerate(result.teacher_features):
-            bold = "bold" if (s, t) in matched else "normal"
-            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", color="w", weight=bold)
-    ax.set_xticks(range(len(result.teacher_features)), result.teacher_features, rotation=20)
-    ax.set_yticks(range(len(result.student_features)), result.student_features)
-    ax.set_xlabel("teacher feature")
-    ax.set_ylabel("student feature")
-    ax.set_title(
-        f"linear CKA (C2KD Fig. 6): {result.run}\nbold: features at matching depth",
-        fontsize="medium",
-    )
-    fig.colorbar(im, ax=ax)
-    return _save(fig, path)
-
-
-# ------------------------------------------------------------------ embeddings (A Fig. 8)
-_MARKERS = {"teacher": "o", "projected teacher": "^", "student": "s"}
-
-
-def embedding_panels(
-    method: Any, feats: Features, device: torch.device
-) -> tuple[list[dict[str, torch.Tensor]], str | None]:
-    """The sources to embed together, per panel, and a note when they cannot share one.
-
-    With a projection (`shared_space` overridden): teacher, projected teacher and student
-    in one panel, or the raw teacher in a panel of its own when its width differs. Without
-    one: student and teacher in separate panels."""
-    from cmkd_cli.methods.base import Method
-
-    s_emb, t_emb = feats.student[EMBEDDING], feats.teacher[EMBEDDING]
-    name = method.method_name
-    if type(method).shared_space is Method.shared_space:
-        note = f"method `{name}` has no shared space: student and teacher drawn in separate panels"
-        return [{"student": s_emb}, {"teacher": t_emb}], note
-    with torch.no_grad():
-        s, t = method.shared_space(s_emb.to(device), t_emb.to(device))
-    s, t = s.float().cpu(), t.float().cpu()
-    if t.shape[-1] == t_emb.shape[-1]:
-        return [{"teacher": t_emb, "projected teacher": t, "student": s}], None
-    note = (
-        f"method `{name}`: the teacher embedding ({t_emb.shape[-1]}-d) is not in the shared "
-        f"space ({t.shape[-1]}-d), so it is drawn in a panel of its own"
-    )
-    return [{"projected teacher": t, "student": s}, {"teacher": t_emb}], note
-
-
-def reduce_2d(x: torch.Tensor, tsne: bool) -> np.ndarray:
-    """`[N, D]` -> `[N, 2]`: PCA (the top two eigenvectors of the covariance), or t-SNE
-    (sklearn, PCA-initialised, seeded) with BLAS limited to torch's threads."""
-    x = x.double() - x.double().mean(0)
-    if not tsne:
-        _, vecs = torch.linalg.eigh(x.T @ x)  # eigenvalues ascending
-        return (x @ vecs[:, -2:].flip(-1)).numpy()
-    from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits
-
-    perplexity = min(30.0, max(2.0, (len(x) - 1) / 3))
-    with threadpool_limits(torch.get_num_threads()):
-        return TSNE(2, init="pca", random_state=0, perplexity=perplexity).fit_transform(x.numpy())
-
-
-def plot_embeddings(
-    panels: list[dict[str, torch.Tensor]], y: torch.Tensor, tsne: bool, title: str, path: Path
-) -> Path:
-    from matplotlib.lines import Line2D
-
-    from cmkd_cli.metrics.plots import _figure, _save
-
-    fig = _figure(rows=len(panels), height=4.2)
-    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
-    labels = y.numpy()
-    n_classes = int(labels.max()) + 1
-    cmap = "tab10" if n_classes <= 10 else "tab20" if n_classes <= 20 else "viridis"
-    for ax, sources in zip(axes, panels, strict=True):
-        xy = reduce_2d(torch.cat(list(sources.values())), tsne)
-        parts = np.split(xy, np.cumsum([len(v) for v in sources.values()])[:-1])
-        for (src, _), pts in zip(sources.items(), parts, strict=True):
-            sc = ax.scatter(
-                pts[:, 0],
-                pts[:, 1],
-                c=labels,
-                cmap=cmap,
-                vmin=0,
-                vmax=max(n_classes - 1, 1),
-                marker=_MARKERS[src],
-                s=14,
-                alpha=0.7,
-                linewidths=0,
-            )
-        handles = [
-            Line2D([], [], marker=_MARKERS[s], color="grey", linestyle="", label=s) for s in sources
-        ]
-        ax.legend(handles=handles, loc="best", fontsize="small")
-        ax.set_title(" + ".join(sources), fontsize="medium")
-        ax.grid(True, alpha=0.3)
-        fig.colorbar(sc, ax=ax, label="class")
-    axes[0].set_title(f"{title}\n{axes[0].get_title()}", fontsize="medium")
-    return _save(fig, path)
-
-
 # ------------------------------------------------------------------------------------ run
 def _checkpoint_reason(run: Run) -> str | None:
     """Why the checkpoint analyses cannot use `run` (None: they can)."""
-    from cmkd_cli.methods import METHODS
-
     if run.task != "classification":
         return f"{run.dir}: task `{run.task}` is not classification"
     if run.method not in METHODS or not METHODS.get(run.method).uses_teacher:
@@ -617,10 +241,6 @@ def _checkpoint_analyses(
     device: str,
 ) -> None:
     """KRC, CKA and embeddings of each run's best.pt on `split` (one forward pass each)."""
-    from cmkd_cli.engine.distributed import select_device
-    from cmkd_cli.stages.distill import DataCache
-    from cmkd_cli.stages.experiment import method_from_checkpoint
-
     dev = select_device(device)
     datasets = DataCache()
     krc: dict[str, torch.Tensor] = {}
@@ -660,7 +280,9 @@ def _checkpoint_analyses(
                 matched=matched_pairs(s_names, t_names, matrix),
                 plot=str(out_dir / f"cka-{r.slug}.png"),
             )
-            res.plots.append(str(plot_cka(cka, Path(cka.plot))))
+            bold = [(p.student, p.teacher) for p in cka.matched]
+            plot = plot_cka(matrix, s_names, t_names, bold, r.name, Path(cka.plot))
+            res.plots.append(str(plot))
             res.cka = (res.cka or []) + [cka]
         if "embeddings" in asked:
             panels, note = embedding_panels(method, feats, dev)
@@ -669,7 +291,8 @@ def _checkpoint_analyses(
             reducer = "t-SNE" if tsne else "PCA"
             path = out_dir / f"embeddings-{r.slug}.png"
             title = f"{r.name}: {reducer} of {split} embeddings (soft CMKD Fig. 8)"
-            res.plots.append(str(plot_embeddings(panels, feats.y, tsne, title, path)))
+            views = [reduce_panel(p, tsne) for p in panels]
+            res.plots.append(str(plot_embeddings(views, feats.y, title, path)))
             res.embeddings = (res.embeddings or []) + [
                 EmbeddingPlot(
                     run=r.name,

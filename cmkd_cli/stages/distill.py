@@ -30,12 +30,11 @@ from cmkd_cli.engine.loop import fit
 from cmkd_cli.errors import UsageError
 from cmkd_cli.io import atomic_write_json, atomic_write_text
 from cmkd_cli.metrics.paired import CiMethod, interval, paired_delta, sample_std
+from cmkd_cli.runs import STUDY_FILE, run_root, study_run_dir
 from cmkd_cli.schema import RecipeBase, Variant
 from cmkd_cli.stages import train_teacher
 from cmkd_cli.stages.experiment import preflight
 from cmkd_cli.stages.options import RecipeOptions
-
-STUDY_FILE = "study.yaml"
 
 
 class DistillOptions(RecipeOptions):
@@ -270,7 +269,7 @@ def run(options: DistillOptions) -> DistillResult:
         raise UsageError("--recipe is required (see `cmkd recipes list`), or --resume RUN_DIR")
     else:
         r = load_recipe(recipe, sets, options.variables)
-        root = Path(r.output.root) / (r.output.name or r.name)
+        root = run_root(r)
     seeds = options.seeds or r.seeds or [r.train.seed]
     r = r.model_copy(update={"seeds": seeds})
     dist = init_distributed(r.train.device)
@@ -319,7 +318,8 @@ def run(options: DistillOptions) -> DistillResult:
             selection[name] = tune(r, grids[name], root / name, train_one)
             jr = variant_recipe(r, name, point=selection[name].chosen_set)
         for seed in [s for n, _, s in jobs if n == name]:
-            runs.append(train_one(name, jr, seed, root if single else root / name / f"seed-{seed}"))
+            run_dir = root if single else study_run_dir(root, name, seed)
+            runs.append(train_one(name, jr, seed, run_dir))
     first = next(iter(teachers.values()), None)
     result = DistillResult(
         name=r.name,
@@ -352,7 +352,7 @@ def tune(
         val = []
         for seed in recipe.compare.tune_seeds:
             done = train_one(
-                f"{variant.name} grid {point}", pr, seed, folder / f"grid-{k}" / f"seed-{seed}"
+                f"{variant.name} grid {point}", pr, seed, study_run_dir(folder, f"grid-{k}", seed)
             )
             val.append(done.best_val.get(metric, float("nan")))
         points.append(GridPoint(set=point, val=val, mean=statistics.fmean(val)))

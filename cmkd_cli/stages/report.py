@@ -11,6 +11,7 @@ from rich.table import Table
 
 from cmkd_cli.errors import UsageError
 from cmkd_cli.io import read_jsonl
+from cmkd_cli.runs import STUDY_FILE, run_dirs
 from cmkd_cli.schema import StrictModel
 
 
@@ -31,12 +32,6 @@ class ReportResult(BaseModel):
     study: dict[str, Any] | None
     runs: list[RunReport]
     plots: list[str] = []  # the study-level figure (plots/study.png)
-
-
-def _run_dirs(root: Path) -> list[Path]:
-    if (root / "metrics.jsonl").exists():
-        return [root]
-    return sorted(p.parent for p in root.glob("*/seed-*/metrics.jsonl"))
 
 
 def report_run(run_dir: Path, plots: bool) -> RunReport:
@@ -71,7 +66,7 @@ def run(options: ReportOptions) -> ReportResult:
     run_dir, plots = options.run_dir, options.plots
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir} is not a directory")
-    dirs = _run_dirs(run_dir)
+    dirs = run_dirs(run_dir)
     if not dirs:
         raise UsageError(f"{run_dir} holds no metrics.jsonl (is it a run directory?)")
     results = run_dir / "results.json"
@@ -108,7 +103,7 @@ def load_study(root: Path) -> Any:
         result = distill.DistillResult.model_validate_json(path.read_text())
     except ValueError as exc:
         raise UsageError(f"{path}: not a cmkd results file ({str(exc).splitlines()[0]})") from None
-    if (root / distill.STUDY_FILE).is_file():
+    if (root / STUDY_FILE).is_file():
         recipe = distill.load_resumed(root)
         table = distill.tabulate(
             result.runs, result.metric, distill.baselines(recipe), recipe.compare.ci

@@ -25,6 +25,7 @@ from cmkd_cli.engine.distributed import DistInfo, barrier, init_distributed
 from cmkd_cli.engine.loop import fit
 from cmkd_cli.errors import UsageError
 from cmkd_cli.io import atomic_torch_save
+from cmkd_cli.runs import run_root
 from cmkd_cli.schema import DataConfig, RecipeBase, TeacherPretrain
 from cmkd_cli.stages.options import RecipeOptions
 
@@ -182,8 +183,7 @@ def run(options: TeacherOptions) -> TeacherResult:
         raise UsageError("--recipe is required")
     r = load_recipe(options.recipe, options.sets, options.variables)
     dist = init_distributed(r.train.device)
-    root = Path(r.output.root) / (r.output.name or r.name)
-    return train(r, options.out or default_dir(r, root), dist)
+    return train(r, options.out or default_dir(r, run_root(r)), dist)
 
 
 def render(result: TeacherResult) -> str:

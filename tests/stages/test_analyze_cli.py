@@ -49,7 +49,8 @@ def test_analyze_study_and_c2kd_run(cli, tmp_path: Path) -> None:
     from scipy.stats import kendalltau
 
     from cmkd_cli.io import read_jsonl
-    from cmkd_cli.stages import analyze
+    from cmkd_cli.metrics.similarity import cka_matrix, depth_pairs
+    from cmkd_cli.metrics.training import kept_per_epoch
 
     study = cli(
         "--json", "distill", "--recipe", "quickstart", "--seeds", "1", *FAST,
@@ -78,7 +79,7 @@ def test_analyze_study_and_c2kd_run(cli, tmp_path: Path) -> None:
     assert all(0 < v < 1 for v in kept["kept"])  # KRC <= 0 drops some samples, not all
     # without the epoch rows' exact means, the logged steps give the same numbers
     no_epoch_means = [{k: v for k, v in r.items() if k != "train/stats/kept"} for r in rows]
-    per_epoch, source = analyze.kept_per_epoch(no_epoch_means)
+    per_epoch, source = kept_per_epoch(no_epoch_means)
     assert source == "step rows" and list(per_epoch.values()) == pytest.approx(expected)
 
     # KRC (Fig. 1b): per-sample tau-b of teacher vs student logits, checked with scipy
@@ -106,13 +107,10 @@ def test_analyze_study_and_c2kd_run(cli, tmp_path: Path) -> None:
         "embedding": torch.from_numpy(ref["t_emb"]),
         "logits": torch.from_numpy(ref["t_logits"]),
     }
-    self_cka = analyze.cka_matrix(teacher, teacher)
+    self_cka = cka_matrix(teacher, teacher)
     assert np.diag(self_cka) == pytest.approx([1.0, 1.0])
     assert self_cka[0][1] < 0.999  # different features are not all identical
-    assert analyze.depth_pairs(4, 2) == [(1, 0), (3, 1)] and analyze.depth_pairs(2, 2) == [
-        (0, 0),
-        (1, 1),
-    ]
+    assert depth_pairs(4, 2) == [(1, 0), (3, 1)] and depth_pairs(2, 2) == [(0, 0), (1, 1)]
 
     # embeddings (paper A Fig. 8): shared space for soft-classifier, separate panels for c2kd
     emb = {r["run"]: r for r in out["embeddings"]}
