@@ -32,7 +32,7 @@ class KD(Method):
     needs_teacher_logits = True
 
     def forward(self, batch: dict[str, Any]) -> StepOutput:
-        out = self.student(batch["x"])
+        out = self.student(batch[self.input_key])
         t_out = self.run_teacher(batch)
         cfg: KDConfig = self.cfg  # type: ignore[assignment]
         (z_s, z_t), _, _ = pixel_samples(self, batch, out.logits, t_out.logits.detach())

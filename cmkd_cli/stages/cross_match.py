@@ -112,7 +112,7 @@ def speaker_embeddings(
     student's FbankConfig (default: Kaldi)."""
     from cmkd_cli.data.fbank import FbankConfig
     from cmkd_cli.data.speaker import load_face
-    from cmkd_cli.stages.evaluate import embed_utterances, feature_source
+    from cmkd_cli.stages.evaluate import embed_utterances, utterance_fbanks
 
     records = [r for r in read_manifest(manifest) if r.audio and getattr(r, "faces", None)]
     if not records:
@@ -128,7 +128,7 @@ def speaker_embeddings(
             f"(its splits: {', '.join(splits)}; `all` for every record)"
         )
     cfg = features or FbankConfig()
-    feats = feature_source(manifest, fbank, cfg, None, None)
+    feats = utterance_fbanks(manifest, fbank, cfg, None, None)
     ids = [r.id for r in records]
     audio = embed_utterances(
         method.student, ids, feats, device, crops, crop_seconds, batch_size, cfg
@@ -155,7 +155,7 @@ def class_matching(method: Any, recipe: Any, device: torch.device, split: str) -
     loader = DataLoader(getattr(data, split), batch_size=recipe.data.eval_batch_size)
     s_emb, t_emb, ys = [], [], []
     for batch in loader:
-        s_emb.append(method.student(batch["x"].to(device)).embedding.float())
+        s_emb.append(method.student(batch[method.input_key].to(device)).embedding.float())
         t_emb.append(method.teacher(batch["t"].to(device)).embedding.float())
         ys.append(batch["y"])
     y = torch.cat(ys).to(device)

@@ -118,7 +118,7 @@ def resolve_trials(name: str, lists: Path | None, manifest: Path, original: bool
     )
 
 
-def feature_source(
+def utterance_fbanks(
     manifest: Path, fbank: Path | None, cfg: FbankConfig, noise: Any, snr: float | None
 ) -> Callable[[str], np.ndarray]:
     """id -> fbank frames: from the store when clean, else decoded (and noised) audio."""
@@ -231,7 +231,7 @@ def run(options: EvalOptions) -> EvalResult:
         path = resolve_trials(name, o.lists, o.manifest, o.original)
         parsed = read_trials(path)
         for snr in o.snrs:
-            feats = feature_source(o.manifest, o.fbank, cfg, noise, snr)
+            feats = utterance_fbanks(o.manifest, o.fbank, cfg, noise, snr)
             png = det_path(o.det, path, snr, several=len(names) * len(o.snrs) > 1)
             results.append(
                 verify(
