@@ -60,7 +60,8 @@ def find_recipe(ref: str, relative_to: Path | None = None) -> Path:
     )
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_recipe_yaml(path: Path) -> dict[str, Any]:
+    """The mapping of fields in one recipe file (its own keys; `extends:` not followed)."""
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -102,7 +103,7 @@ def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in _chain:
         cycle = " -> ".join(p.name for p in (*_chain, path))
         raise UsageError(f"{path}: `extends` forms a cycle ({cycle})")
-    data = _read_yaml(path)
+    data = read_recipe_yaml(path)
     for key in [k for k in data if isinstance(k, str) and k.startswith("x-")]:
         del data[key]  # `x-name:` blocks only hold YAML anchors (as in docker compose files)
     if isinstance(data.get("compare"), list):  # the short form: a list of variants

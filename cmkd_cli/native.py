@@ -211,7 +211,8 @@ def _mtcnn() -> str:
 
 
 def _minilm() -> str:
-    from cmkd_cli.models.text import MINILM_DISTRIBUTION, TextEncoder, minilm_path
+    from cmkd_cli.hf_local import MINILM_DISTRIBUTION, minilm_path
+    from cmkd_cli.models.text import TextEncoder
 
     encoder = TextEncoder(minilm_path())
     emb = encoder.encode(["a photo of the number seven", "a photo of the number one"])

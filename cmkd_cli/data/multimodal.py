@@ -46,6 +46,7 @@ from cmkd_cli.data.image_transforms import ImageTransform, ImageTransformConfig,
 from cmkd_cli.data.manifest import CLASSES, MANIFEST, Record, read_classes, read_manifest, resolve
 from cmkd_cli.data.spectrogram import SpectrogramConfig, spectrogram
 from cmkd_cli.errors import UsageError
+from cmkd_cli.hf_local import load_tokenizer, minilm_path
 from cmkd_cli.schema import StrictModel
 
 MODALITIES = ("audio", "frames", "image", "text", "label_prompt")
@@ -212,14 +213,9 @@ def class_list(records: list[Record], manifest: Path, classes: str | None) -> li
 
 def load_tokens(texts: list[str], cfg: TextConfig) -> torch.Tensor:
     """`[N, 2, max_length]` token ids and attention masks from a LOCAL tokenizer folder."""
-    from cmkd_cli.models.text import _hub_offline, minilm_path
-
     path = Path(cfg.tokenizer).expanduser() if cfg.tokenizer else minilm_path()
-    _hub_offline()
-    from transformers import AutoTokenizer
-
     try:
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tok = load_tokenizer(path)
     except (OSError, ValueError) as exc:
         raise UsageError(
             f"data.params.text.tokenizer: cannot load a tokenizer from {path} ({exc})"

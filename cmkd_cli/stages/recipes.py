@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 from rich.table import Table
 
-from cmkd_cli.config import _read_yaml, dump_recipe, list_recipes, load_recipe
+from cmkd_cli.config import dump_recipe, list_recipes, load_recipe, read_recipe_yaml
 from cmkd_cli.stages.options import RecipeOptions
 
 
@@ -32,7 +32,7 @@ class RecipeShow(BaseModel):
 def list_all() -> RecipeList:
     out = []
     for name, path in list_recipes().items():
-        desc = str(_read_yaml(path).get("description", "")).strip().splitlines()
+        desc = str(read_recipe_yaml(path).get("description", "")).strip().splitlines()
         out.append(RecipeInfo(name=name, path=str(path), description=desc[0] if desc else ""))
     return RecipeList(recipes=out)
 

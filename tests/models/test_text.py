@@ -131,3 +131,36 @@ def test_prompt_teacher_with_real_minilm(tmp_path):
     emb = model.prompt_embeddings
     assert emb.shape == (2, 1, 384)
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(2, 1))
+
+
+def test_text_models_and_tokens_load_without_network_or_process_wide_switch():
+    """Local folders only: no connection is attempted and HF_HUB_OFFLINE is left unset."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    code = textwrap.dedent(
+        """
+        import os, socket
+
+        def blocked(*args, **kwargs):
+            raise AssertionError(f"network access attempted: {args[1:]}")
+
+        socket.socket.connect = blocked
+        socket.getaddrinfo = blocked
+        from cmkd_cli.data.multimodal import TextConfig, load_tokens
+        from cmkd_cli.models.text import TextEncoder, minilm_path
+
+        assert TextEncoder(minilm_path()).encode(["a dog"]).shape == (1, 384)
+        assert load_tokens(["a dog"], TextConfig(max_length=8)).shape == (1, 2, 8)
+        print(sorted(k for k in os.environ if k.endswith("_OFFLINE")))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
