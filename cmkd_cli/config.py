@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, create_model
 
 from cmkd_cli.errors import UsageError
-from cmkd_cli.schema import RecipeBase, Variant
+from cmkd_cli.schema import Recipe, Variant
 
 RECIPE_DIR_ENV = "CMKD_RECIPES"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -189,8 +189,9 @@ def resolve_vars(obj: Any, variables: dict[str, str], field: str = "") -> Any:
     return obj
 
 
-def _recipe_class() -> type[RecipeBase]:
-    """`RecipeBase` with `method` as a union of every registered method's config."""
+def _recipe_class() -> type[Recipe]:
+    """`Recipe` with `method` as the union of every registered method's config (built once,
+    on first use, when the methods are known)."""
     global _RECIPE
     if _RECIPE is None:
         from cmkd_cli.methods import METHODS
@@ -198,14 +199,11 @@ def _recipe_class() -> type[RecipeBase]:
         configs = tuple(cls.Config for _, cls in METHODS.items())
         union = Annotated[Union[configs], Field(discriminator="name")]  # noqa: UP007
 
-        class Recipe(RecipeBase):
-            method: union  # type: ignore[valid-type]
-
-        _RECIPE = Recipe
+        _RECIPE = create_model("Recipe", __base__=Recipe, method=(union, ...))
     return _RECIPE
 
 
-_RECIPE: type[RecipeBase] | None = None
+_RECIPE: type[Recipe] | None = None
 
 
 def format_validation_error(
@@ -242,7 +240,7 @@ def format_validation_error(
 
 def validate_recipe(
     data: dict[str, Any], origin: str, overrides: dict[str, str] | None = None
-) -> RecipeBase:
+) -> Recipe:
     cls = _recipe_class()
     try:
         recipe = cls.model_validate(data)
@@ -267,7 +265,7 @@ def load_recipe(
     ref: str,
     sets: list[str] | None = None,
     variables: dict[str, str] | None = None,
-) -> RecipeBase:
+) -> Recipe:
     """Load recipe `ref` (name or path), apply `--set` overrides and `${var}`s, validate."""
     path = find_recipe(ref)
     data = load_raw(path)
@@ -282,11 +280,11 @@ def load_recipe(
 
 
 def variant_recipe(
-    recipe: RecipeBase,
+    recipe: Recipe,
     variant: str,
     origin: str = "recipe",
     point: dict[str, Any] | None = None,
-) -> RecipeBase:
+) -> Recipe:
     """The recipe with one `compare:` variant's overrides applied (and `compare` cleared),
     then one `grid` point's (`point`, dotted field -> value)."""
     match = [v for v in recipe.compare.variants if v.name == variant]
@@ -307,5 +305,5 @@ def variant_recipe(
         raise UsageError(format_validation_error(exc, at)) from None
 
 
-def dump_recipe(recipe: RecipeBase) -> str:
+def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cmkd_cli.schema import RecipeBase
+from cmkd_cli.schema import Recipe
 
 STUDY_FILE = "study.yaml"
 METRICS_FILE = "metrics.jsonl"
 
 
-def run_root(recipe: RecipeBase) -> Path:
+def run_root(recipe: Recipe) -> Path:
     """The directory of the recipe's run, or of its study."""
     return Path(recipe.output.root) / (recipe.output.name or recipe.name)
 

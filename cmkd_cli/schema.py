@@ -229,6 +229,8 @@ class Compare(StrictModel):
 
 
 class RecipeBase(StrictModel):
+    """The fields of a recipe apart from `method` (see `Recipe`)."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
     description: str = ""
     task: str = "classification"
@@ -265,3 +267,12 @@ class RecipeBase(StrictModel):
         method = getattr(self, "method", None)
         own = self.compare.base_name or (method.name if method is not None else "base")
         return [own] + [v.name for v in self.compare.variants]
+
+
+class Recipe(RecipeBase):
+    """What every stage, the engine and a checkpoint's reader receive: a validated recipe
+    with its method's config. At run time it is an instance of a subclass built by
+    `cmkd_cli.config`, whose `method` is the union of the registered methods' configs
+    discriminated on `name`."""
+
+    method: MethodConfig

@@ -28,7 +28,7 @@ from cmkd_cli.errors import RunError, UsageError
 from cmkd_cli.io import atomic_write_json, atomic_write_text
 from cmkd_cli.methods.base import Method
 from cmkd_cli.progress import track
-from cmkd_cli.schema import RecipeBase
+from cmkd_cli.schema import Recipe
 from cmkd_cli.tasks import check_metric
 
 #: off a TTY, a long epoch prints a progress line at most this often (seconds)
@@ -63,7 +63,7 @@ class _EvalShard(torch.utils.data.Sampler[int]):
         return len(self.indices)
 
 
-def make_loaders(data: Any, recipe: RecipeBase, dist: DistInfo) -> dict[str, Any]:
+def make_loaders(data: Any, recipe: Recipe, dist: DistInfo) -> dict[str, Any]:
     cfg = recipe.data
     if cfg.batch_size % dist.world_size:
         raise UsageError(
@@ -118,7 +118,7 @@ def make_loaders(data: Any, recipe: RecipeBase, dist: DistInfo) -> dict[str, Any
     }
 
 
-def attach_teacher_cache(method: Method, data: Any, recipe: RecipeBase, dist: DistInfo) -> None:
+def attach_teacher_cache(method: Method, data: Any, recipe: Recipe, dist: DistInfo) -> None:
     """Serve a frozen teacher's outputs from disk when its inputs never change."""
     from cmkd_cli.engine.teacher_cache import build_cache, cache_key
     from cmkd_cli.io import default_cache_dir
@@ -149,7 +149,7 @@ def attach_teacher_cache(method: Method, data: Any, recipe: RecipeBase, dist: Di
     )
 
 
-def _autocast(recipe: RecipeBase, device: torch.device):
+def _autocast(recipe: Recipe, device: torch.device):
     if recipe.train.amp == "none" or device.type != "cuda":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if recipe.train.amp == "bf16" else torch.float16
@@ -195,7 +195,7 @@ class Trainer:
     model: torch.nn.Module  # `method`, wrapped in DDP under torchrun
     data: Any
     task: Any
-    recipe: RecipeBase
+    recipe: Recipe
     run_dir: Path
     dist: DistInfo
     input_key: str
@@ -221,7 +221,7 @@ def fit(
     method: Method,
     data: Any,
     task: Any,
-    recipe: RecipeBase,
+    recipe: Recipe,
     run_dir: Path,
     dist: DistInfo,
     input_key: str = "x",
@@ -253,7 +253,7 @@ def build(
     method: Method,
     data: Any,
     task: Any,
-    recipe: RecipeBase,
+    recipe: Recipe,
     run_dir: Path,
     dist: DistInfo,
     input_key: str = "x",

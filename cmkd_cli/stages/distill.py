@@ -31,7 +31,7 @@ from cmkd_cli.errors import UsageError
 from cmkd_cli.io import atomic_write_json, atomic_write_text
 from cmkd_cli.metrics.paired import CiMethod, interval, paired_delta, sample_std
 from cmkd_cli.runs import STUDY_FILE, run_root, study_run_dir
-from cmkd_cli.schema import RecipeBase, Variant
+from cmkd_cli.schema import Recipe, Variant
 from cmkd_cli.stages import train_teacher
 from cmkd_cli.stages.experiment import preflight
 from cmkd_cli.stages.options import RecipeOptions
@@ -117,7 +117,7 @@ def parse_seeds(text: str | None) -> list[int] | None:
         ) from None
 
 
-def load_resumed(resume: Path) -> RecipeBase:
+def load_resumed(resume: Path) -> Recipe:
     import yaml
 
     for name in (STUDY_FILE, "config.yaml"):
@@ -129,7 +129,7 @@ def load_resumed(resume: Path) -> RecipeBase:
     )
 
 
-def rows(recipe: RecipeBase) -> list[tuple[str, RecipeBase]]:
+def rows(recipe: Recipe) -> list[tuple[str, Recipe]]:
     """(row name, its recipe): the recipe's own row, then each `compare:` variant."""
     own = recipe.row_names()[0]
     if any(v.name == own for v in recipe.compare.variants):
@@ -142,11 +142,11 @@ def rows(recipe: RecipeBase) -> list[tuple[str, RecipeBase]]:
     ]
 
 
-def plan(recipe: RecipeBase, seeds: list[int]) -> list[tuple[str, RecipeBase, int]]:
+def plan(recipe: Recipe, seeds: list[int]) -> list[tuple[str, Recipe, int]]:
     return [(name, r, s) for name, r in rows(recipe) for s in seeds]
 
 
-def baselines(recipe: RecipeBase) -> dict[str, str | None]:
+def baselines(recipe: Recipe) -> dict[str, str | None]:
     """Each row's baseline row: its own `baseline`, else `compare.baseline`, else the first
     row without distillation (method `baseline`); a row is never its own baseline."""
     named = rows(recipe)
@@ -167,7 +167,7 @@ class DataCache:
     def __init__(self) -> None:
         self._built: dict[str, DataBundle] = {}
 
-    def get(self, recipe: RecipeBase) -> DataBundle:
+    def get(self, recipe: Recipe) -> DataBundle:
         key = recipe.data.model_dump_json()
         if key not in self._built:
             self._built[key] = build_data(recipe.data)
@@ -175,7 +175,7 @@ class DataCache:
 
 
 def run_one(
-    recipe: RecipeBase, run_dir: Path, dist: DistInfo, teacher: Path | None, data: DataBundle
+    recipe: Recipe, run_dir: Path, dist: DistInfo, teacher: Path | None, data: DataBundle
 ) -> RunSummary:
     from cmkd_cli.stages.experiment import build_experiment
 
@@ -294,7 +294,7 @@ def run(options: DistillOptions) -> DistillResult:
     # one pretrained teacher per distinct teacher (variants may change it, e.g. its backbone)
     teachers: dict[str, train_teacher.TeacherResult] = {}
 
-    def teacher_for(jr: RecipeBase) -> Path | None:
+    def teacher_for(jr: Recipe) -> Path | None:
         if not (_uses_teacher(jr) and jr.teacher.needs_pretraining()):
             return None
         key = train_teacher.teacher_key(jr)
@@ -304,7 +304,7 @@ def run(options: DistillOptions) -> DistillResult:
             teachers[key] = train_teacher.train(jr, out, dist, data)
         return Path(teachers[key].checkpoint)
 
-    def train_one(name: str, jr: RecipeBase, seed: int, run_dir: Path) -> RunSummary:
+    def train_one(name: str, jr: Recipe, seed: int, run_dir: Path) -> RunSummary:
         jr = jr.model_copy(update={"train": jr.train.model_copy(update={"seed": seed})})
         teacher = teacher_for(jr)
         console.info(f"[{name} seed {seed}] {run_dir}")
@@ -337,10 +337,10 @@ def run(options: DistillOptions) -> DistillResult:
 
 
 def tune(
-    recipe: RecipeBase,
+    recipe: Recipe,
     variant: Variant,
     folder: Path,
-    train_one: Callable[[str, RecipeBase, int, Path], RunSummary],
+    train_one: Callable[[str, Recipe, int, Path], RunSummary],
 ) -> Selection:
     """Train every point of `variant.grid` on `compare.tune_seeds` into FOLDER/grid-K/seed-S
     without testing (`eval.test: false`), and choose the point with the best mean
@@ -362,7 +362,7 @@ def tune(
     return Selection(tune_seeds=recipe.compare.tune_seeds, points=points, chosen=chosen)
 
 
-def _uses_teacher(recipe: RecipeBase) -> bool:
+def _uses_teacher(recipe: Recipe) -> bool:
     from cmkd_cli.methods import METHODS
 
     return METHODS.get(recipe.method.name).uses_teacher

@@ -22,13 +22,13 @@ from cmkd_cli.errors import UsageError
 from cmkd_cli.methods import METHODS, Method
 from cmkd_cli.models.registry import MODELS, create_model
 from cmkd_cli.registry import check_kwargs
-from cmkd_cli.schema import ModelConfig, RecipeBase
+from cmkd_cli.schema import ModelConfig, Recipe
 from cmkd_cli.tasks import build_task, check_metric
 
 
 @dataclass
 class Experiment:
-    recipe: RecipeBase
+    recipe: Recipe
     data: DataBundle
     task: Any
     method: Method
@@ -58,7 +58,7 @@ def build_model(cfg: ModelConfig, data: DataBundle, field: str) -> nn.Module:
     return create_model(cfg.name, data.num_classes, _model_params(cfg, data, field), field=field)
 
 
-def preflight(recipe: RecipeBase, data: DataBundle) -> None:
+def preflight(recipe: Recipe, data: DataBundle) -> None:
     """Fail on a bad method, model or parameter before any training starts."""
     method_cls = METHODS.get(recipe.method.name, field="method.name")
     check_metric(recipe.task, recipe.eval.metric)
@@ -112,7 +112,7 @@ def load_teacher_weights(teacher: nn.Module, path: Path) -> dict[str, Any]:
 
 
 def build_experiment(
-    recipe: RecipeBase, teacher_checkpoint: Path | None = None, data: DataBundle | None = None
+    recipe: Recipe, teacher_checkpoint: Path | None = None, data: DataBundle | None = None
 ) -> Experiment:
     """Everything `fit` needs; the teacher is loaded from `teacher_checkpoint` or the recipe."""
     seed_everything(recipe.train.seed, recipe.train.deterministic)
@@ -125,7 +125,7 @@ def build_experiment(
 
 
 def build_method(
-    recipe: RecipeBase, spec: dict[str, Any], teacher_checkpoint: Path | None = None
+    recipe: Recipe, spec: dict[str, Any], teacher_checkpoint: Path | None = None
 ) -> tuple[Method, dict[str, Any] | None]:
     """The recipe's method (student, teacher, extra modules) for data described by `spec`."""
     data = SimpleNamespace(num_classes=spec["num_classes"], class_names=spec["class_names"])
@@ -147,7 +147,7 @@ def build_method(
     return method_cls(cfg, student, teacher, task, data.num_classes, tune), ref
 
 
-def method_from_checkpoint(path: Path) -> tuple[Method, RecipeBase]:
+def method_from_checkpoint(path: Path) -> tuple[Method, Recipe]:
     """A trained method (student, tuned or referenced teacher, heads) from a run checkpoint."""
     from cmkd_cli.config import validate_recipe
     from cmkd_cli.engine.checkpoint import load_checkpoint

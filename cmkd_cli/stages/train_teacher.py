@@ -26,7 +26,7 @@ from cmkd_cli.engine.loop import fit
 from cmkd_cli.errors import UsageError
 from cmkd_cli.io import atomic_torch_save
 from cmkd_cli.runs import run_root
-from cmkd_cli.schema import DataConfig, RecipeBase, TeacherPretrain
+from cmkd_cli.schema import DataConfig, Recipe, TeacherPretrain
 from cmkd_cli.stages.options import RecipeOptions
 
 TEACHER_FILE = "teacher.pt"
@@ -46,7 +46,7 @@ class TeacherResult(BaseModel):
     trained: bool
 
 
-def teacher_recipe(recipe: RecipeBase) -> RecipeBase:
+def teacher_recipe(recipe: Recipe) -> Recipe:
     """The recipe that trains the teacher alone (baseline method on the teacher input)."""
     if recipe.teacher is None:
         raise UsageError("the recipe has no `teacher` section to train")
@@ -76,7 +76,7 @@ def teacher_recipe(recipe: RecipeBase) -> RecipeBase:
     return type(recipe).model_validate(data)
 
 
-def teacher_data(recipe: RecipeBase) -> DataConfig:
+def teacher_data(recipe: Recipe) -> DataConfig:
     """The data the teacher trains on: `data` with `teacher.pretrain.data_params` merged in."""
     pre = recipe.teacher.pretrain if recipe.teacher else None
     if pre is None or not pre.data_params:
@@ -84,7 +84,7 @@ def teacher_data(recipe: RecipeBase) -> DataConfig:
     return recipe.data.model_copy(update={"params": {**recipe.data.params, **pre.data_params}})
 
 
-def teacher_key(recipe: RecipeBase) -> str:
+def teacher_key(recipe: Recipe) -> str:
     """A fingerprint of what changes the trained teacher's weights, and only that: its model
     and initial weights, the samples (dataset and parameters), the training batch and
     `drop_last`, optimiser, schedule, epochs, seed, task loss, numerics (AMP, clipping,
@@ -118,7 +118,7 @@ def teacher_key(recipe: RecipeBase) -> str:
 
 
 def train(
-    recipe: RecipeBase, out: Path, dist: DistInfo, data: DataBundle | None = None
+    recipe: Recipe, out: Path, dist: DistInfo, data: DataBundle | None = None
 ) -> TeacherResult:
     """Train (or reuse) the teacher of `recipe` into `out`; idempotent."""
     from cmkd_cli.stages.experiment import build_experiment
@@ -174,7 +174,7 @@ def train(
     )
 
 
-def default_dir(recipe: RecipeBase, root: Path) -> Path:
+def default_dir(recipe: Recipe, root: Path) -> Path:
     return root / f"teacher-{teacher_key(recipe)}"
 
 
