@@ -96,9 +96,7 @@ def _global(
         ),
     ] = False,
 ) -> None:
-    console.OPTIONS.json = json_out
-    console.OPTIONS.debug = debug
-    console.OPTIONS.quiet = quiet
+    console.configure(json=json_out, debug=debug, quiet=quiet)
 
 
 @app.command()
@@ -583,7 +581,7 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(2 if exc.exit_code in (2, None) else exc.exit_code)
     except CmkdError as exc:
-        if console.OPTIONS.debug:
+        if console.settings().debug:
             traceback.print_exc()
         console.stderr.print(f"error: {exc}", markup=False, highlight=False)
         sys.exit(exc.exit_code)
@@ -592,11 +590,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - last resort: one line unless --debug
         native = explain_load_error(exc)
-        if console.OPTIONS.debug:
+        if console.settings().debug:
             traceback.print_exc()
         if native:
             console.stderr.print(f"error: {native}", markup=False, highlight=False)
-        elif not console.OPTIONS.debug:
+        elif not console.settings().debug:
             console.stderr.print(
                 f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
                 markup=False,

@@ -1,4 +1,10 @@
-"""Where output goes: results on stdout (JSON with --json), humans' tables and logs on stderr."""
+"""Where output goes: results on stdout (JSON with --json), humans' tables and logs on stderr.
+
+The output settings (`--json`, `--quiet`, `--debug`) belong to the process that prints, not
+to the work: the CLI sets them once with `configure()`, and only this module and
+`progress.py` read them (`settings()`, `shows_progress()`); a Python caller gets the
+defaults (tables and progress on stderr).
+"""
 
 from __future__ import annotations
 
@@ -12,21 +18,38 @@ from rich.console import Console
 from rich.table import Table
 
 
-@dataclass
-class Options:
-    json: bool = False
-    debug: bool = False
-    quiet: bool = False
+@dataclass(frozen=True)
+class OutputSettings:
+    json: bool = False  # the result as JSON on stdout, nothing else printed
+    debug: bool = False  # tracebacks on errors
+    quiet: bool = False  # no progress or log lines
 
 
-OPTIONS = Options()
+_settings = OutputSettings()
+
+
+def configure(json: bool = False, debug: bool = False, quiet: bool = False) -> None:
+    """Set this process's output settings (the CLI's global flags)."""
+    global _settings
+    _settings = OutputSettings(json=json, debug=debug, quiet=quiet)
+
+
+def settings() -> OutputSettings:
+    return _settings
+
+
+def shows_progress() -> bool:
+    """Whether progress bars and log lines go to stderr (not with --quiet or --json)."""
+    return not (_settings.quiet or _settings.json)
+
+
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 stdout = Console(highlight=False, soft_wrap=True)
 
 
 def info(message: str) -> None:
     """A progress/log line for humans (stderr; silenced by --quiet)."""
-    if not OPTIONS.quiet:
+    if not _settings.quiet:
         stderr.print(message, markup=False)
 
 
@@ -45,14 +68,14 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
 
 def emit(result: BaseModel | dict[str, Any], human: Table | str | None = None) -> None:
     """Print a stage's result: its JSON alone on stdout with --json, else the human view."""
-    if OPTIONS.json:
+    if _settings.json:
         if isinstance(result, BaseModel):
             sys.stdout.write(result.model_dump_json(indent=2) + "\n")
         else:
             sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
         sys.stdout.flush()
         return
-    if OPTIONS.quiet:
+    if _settings.quiet:
         return
     if human is not None:
         stdout.print(human)

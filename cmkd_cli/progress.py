@@ -35,7 +35,7 @@ def track(
             total = len(items)  # type: ignore[arg-type]
         except TypeError:
             total = None
-    if console.OPTIONS.quiet or console.OPTIONS.json:
+    if not console.shows_progress():
         yield from items
         return
     if sys.stderr.isatty():
