@@ -120,7 +120,7 @@ class Run(RunLog):
         return self.name.replace("/", "-").replace(" ", "-")
 
 
-def discover(roots: list[Path]) -> list[Run]:
+def find_runs(roots: list[Path]) -> list[Run]:
     """The runs under each root (a run directory, or a study's VARIANT/seed-S/ folders)."""
     runs = []
     for root in roots:
@@ -184,7 +184,7 @@ def run(options: AnalyzeOptions) -> AnalyzeResult:
         raise UsageError(f"--max-samples {max_samples}: at least 3 samples are needed")
     explicit = analyses is not None
     wanted = list(analyses) if explicit else list(ANALYSES)
-    runs = discover(roots)
+    runs = find_runs(roots)
     out_dir = out or roots[0] / "analysis"
     res = AnalyzeResult(
         roots=[str(r) for r in roots], out_dir=str(out_dir), split=split, analyses=[]
