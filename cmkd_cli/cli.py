@@ -1,5 +1,9 @@
 """The `cmkd` command line: one thin function per stage; the work lives in `cmkd_cli.stages`.
 
+Each function builds its stage's options model and calls `stage.run(options)`. It imports
+its stage when it runs: the stages bring torch, numpy and the plug-ins, which `cmkd --help`
+and every other command do not need (`cmkd --help` takes 1.2 s instead of 2.0 s).
+
 Exit codes: 0 success, 1 the run failed, 2 bad usage or an invalid recipe.
 """
 
@@ -12,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from cmkd_cli import console
+from cmkd_cli import __version__, console
 
 try:  # typer >= 0.20 vendors click
     from typer._click.exceptions import ClickException
@@ -20,7 +24,9 @@ except ImportError:  # pragma: no cover - older typer
     from click import ClickException
 from cmkd_cli.errors import CmkdError, RunError, UsageError
 from cmkd_cli.native import explain_load_error
+from cmkd_cli.stages import doctor as doctor_stage
 from cmkd_cli.stages import prepare
+from cmkd_cli.stages import recipes as recipes_stage
 
 app = typer.Typer(
     name="cmkd",
@@ -76,8 +82,6 @@ def hoist_global_flags(argv: list[str]) -> list[str]:
 
 def _print_version(value: bool) -> None:
     if value:
-        from cmkd_cli import __version__
-
         console.stdout.print(f"cmkd {__version__}")
         raise typer.Exit()
 
@@ -120,7 +124,7 @@ def distill(
     metrics.jsonl, last.pt, best.pt, final.json, events.*} per run, and for studies with
     several seeds or `compare:` variants one sub-directory per run plus results.json.
     """
-    from cmkd_cli.stages import distill as stage
+    from cmkd_cli.stages import distill as stage  # start-up: see the docstring
 
     options = stage.DistillOptions(
         recipe=recipe,
@@ -148,7 +152,7 @@ def train_teacher(
     Writes OUT/{config.yaml, metrics.jsonl, last.pt, best.pt, teacher.pt, final.json}; a
     later `distill` of the same recipe finds teacher.pt and does not train it again.
     """
-    from cmkd_cli.stages import train_teacher as stage
+    from cmkd_cli.stages import train_teacher as stage  # start-up: see the docstring
 
     options = stage.TeacherOptions(
         recipe=recipe, sets=set_ or [], variables=parse_vars(var), out=out
@@ -166,7 +170,7 @@ def report(
 
     Reads RUN_DIR/metrics.jsonl (and results.json for studies); writes RUN_DIR/plots/*.png.
     """
-    from cmkd_cli.stages import report as stage
+    from cmkd_cli.stages import report as stage  # start-up: see the docstring
 
     result = stage.run(stage.ReportOptions(run_dir=run_dir, plots=plots))
     console.emit(result, stage.render(result))
@@ -212,7 +216,7 @@ def extract_fbank(
     OUT/shard-NNNNN.jsonl, OUT/index.jsonl (id -> shard, offset, n_frames), OUT/config.json
     and OUT/skipped.jsonl. Resumable: finished shards are kept and only missing ids computed.
     """
-    from cmkd_cli.stages import extract_fbank as stage
+    from cmkd_cli.stages import extract_fbank as stage  # start-up: see the docstring
 
     if dtype not in ("float16", "float32"):
         raise UsageError(f"--dtype {dtype!r}: choose float16 or float32")
@@ -306,7 +310,7 @@ def _eval(
     Classification checkpoints: accuracy on the recipe's test split. Writes only the DET
     PNG asked for with --det; --json prints the result.
     """
-    from cmkd_cli.stages import evaluate as stage
+    from cmkd_cli.stages import evaluate as stage  # start-up: see the docstring
 
     options = stage.EvalOptions(
         checkpoint=checkpoint,
@@ -361,7 +365,7 @@ def noise_test(
     Reads the checkpoint, trial list(s), test manifest and MUSAN; noise is seeded per
     utterance. Prints one row per trial list and level; --json prints the result.
     """
-    from cmkd_cli.stages import evaluate as stage
+    from cmkd_cli.stages import evaluate as stage  # start-up: see the docstring
 
     levels = [*(snr or []), *(more_snr or [])] or [15.0, 10.0, 5.0]
     options = stage.EvalOptions(
@@ -414,7 +418,7 @@ def cross_match(
     split against every class's teacher embedding. Prints accuracy, chance and the number
     of distinct records the trials used.
     """
-    from cmkd_cli.stages import cross_match as stage
+    from cmkd_cli.stages import cross_match as stage  # start-up: see the docstring
 
     options = stage.CrossMatchOptions(
         checkpoint=checkpoint,
@@ -462,7 +466,7 @@ def analyze(
     OUT/analysis.json. Without flags (or --all): every analysis that applies; a flag asked
     for that cannot be done is an error.
     """
-    from cmkd_cli.stages import analyze as stage
+    from cmkd_cli.stages import analyze as stage  # start-up: see the docstring
 
     flags = {"kept": kept, "krc": krc, "cka": cka, "embeddings": embeddings, "cost": cost}
     asked = None if all_ or not any(flags.values()) else [k for k, v in flags.items() if v]
@@ -499,7 +503,7 @@ def align_faces(
     Resumable: faces on disk and the OUT/faces/ID/K.noface.txt markers of
     failed frames are not redone.
     """
-    from cmkd_cli.stages import align_faces as stage
+    from cmkd_cli.stages import align_faces as stage  # start-up: see the docstring
 
     options = stage.AlignFacesOptions(
         manifest=manifest,
@@ -525,11 +529,9 @@ def doctor(
     MTCNN's weights and the bundled MiniLM. Reads nothing else, writes nothing. Exits 1
     naming each broken piece and its likely cause (e.g. a torchaudio built for another torch).
     """
-    from cmkd_cli.stages import doctor as stage
-
-    result = stage.run(stage.DoctorOptions(wav=wav))
-    console.emit(result, stage.render(result))
-    problem = stage.failure(result)
+    result = doctor_stage.run(doctor_stage.DoctorOptions(wav=wav))
+    console.emit(result, doctor_stage.render(result))
+    problem = doctor_stage.failure(result)
     if problem:
         raise RunError(problem)
 
@@ -537,10 +539,8 @@ def doctor(
 @recipes_app.command("list")
 def recipes_list() -> None:
     """List the recipes in recipes/ (and $CMKD_RECIPES)."""
-    from cmkd_cli.stages import recipes as stage
-
-    result = stage.list_all()
-    console.emit(result, stage.render_list(result))
+    result = recipes_stage.list_all()
+    console.emit(result, recipes_stage.render_list(result))
 
 
 @recipes_app.command("show")
@@ -550,10 +550,8 @@ def recipes_show(
     var: VarOpt = None,
 ) -> None:
     """Print a recipe fully resolved (extends, --set and defaults applied) as YAML."""
-    from cmkd_cli.stages import recipes as stage
-
-    options = stage.ShowOptions(recipe=name, sets=set_ or [], variables=parse_vars(var))
-    result = stage.show(options)
+    options = recipes_stage.ShowOptions(recipe=name, sets=set_ or [], variables=parse_vars(var))
+    result = recipes_stage.show(options)
     console.emit(result, result.yaml)
 
 
@@ -561,7 +559,7 @@ def _leave_process_group() -> None:
     """Under torchrun, leave the process group before exiting (gloo's threads otherwise
     abort the interpreter at shutdown)."""
     if "torch.distributed" in sys.modules:
-        from cmkd_cli.engine.distributed import cleanup
+        from cmkd_cli.engine.distributed import cleanup  # loads torch: only when it is loaded
 
         cleanup()
 

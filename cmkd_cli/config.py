@@ -194,7 +194,7 @@ def _recipe_class() -> type[Recipe]:
     on first use, when the methods are known)."""
     global _RECIPE
     if _RECIPE is None:
-        from cmkd_cli.methods import METHODS
+        from cmkd_cli.methods import METHODS  # torch: `cmkd recipes list` and --help never load it
 
         configs = tuple(cls.Config for _, cls in METHODS.items())
         union = Annotated[Union[configs], Field(discriminator="name")]  # noqa: UP007

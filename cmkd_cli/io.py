@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from cmkd_cli.errors import DataError
+
 
 def current_umask() -> int:
     """The process umask (read by setting it and restoring it at once)."""
@@ -68,7 +70,7 @@ def default_cache_dir() -> Path:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    import torch
+    import torch  # lazy: io is used by torch-free stages (prepare, report, recipes)
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -76,8 +78,6 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read a JSON-lines file; a malformed line is reported with its number."""
-    from cmkd_cli.errors import DataError
-
     rows = []
     with open(path) as fh:
         for n, line in enumerate(fh, 1):

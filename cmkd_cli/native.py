@@ -3,6 +3,9 @@
 `cmkd doctor` and the first test of the suite run `run_checks()`; `cli.main` passes any
 exception of a stage through `explain_load_error()`, so a torchaudio built for another torch
 reads "torchaudio 2.11.1 was built for another torch ..." instead of a bare OSError.
+
+Each check imports what it checks inside its function, so a broken piece fails its own
+check and no other, and `cli.py` (which imports this module) loads none of them.
 """
 
 from __future__ import annotations

@@ -7,6 +7,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
 from cmkd_cli import console
 
 T = TypeVar("T")
@@ -66,15 +75,6 @@ def _rich_bar(
     transient: bool,
     size: Callable[[T], int] | None = None,
 ) -> Iterator[T]:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from PIL import Image
 from pydantic import Field
 
 from cmkd_cli.data.manifest import Skipped, write_classes
@@ -133,8 +134,6 @@ def _split(speaker: str, take: int, opts: AVDigitsOptions) -> str:
 
 
 def _write_png(image: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
     if path.is_file() and path.stat().st_size > 0:
         return
     with atomic_path(path) as tmp:

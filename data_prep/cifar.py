@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from pydantic import Field
 
 from cmkd_cli.data.manifest import write_classes
@@ -112,8 +113,6 @@ def _worker(task: Task) -> Outcome:
         raise DataError(f"{where}: fine label {label} is outside 0..{len(names) - 1}")
     out = Path(p["out"]) / p["png"]
     if not (out.is_file() and out.stat().st_size > 0):
-        from PIL import Image
-
         buf = io.BytesIO()
         Image.fromarray(row.reshape(3, 32, 32).transpose(1, 2, 0)).save(buf, format="PNG")
         with atomic_path(out) as tmp:

@@ -17,20 +17,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
 
+from cmkd_cli.data import audio
 from cmkd_cli.data.manifest import SKIPPED, Record, Skipped, write_manifest
+from cmkd_cli.data.video import save_frames
 from cmkd_cli.errors import DataError, UsageError
 from cmkd_cli.io import atomic_write_jsonl
 from cmkd_cli.progress import track
@@ -243,8 +248,6 @@ def prepare_audio(
     OUT/`wav_rel`, which is reused when complete and newer than `source`. Audio shorter
     than `min_duration` seconds is refused.
     """
-    from cmkd_cli.data import audio
-
     source, out_dir = Path(source), Path(out_dir)
     probe = audio.probe_audio(source, sample_rate)
     _check_duration(source, probe.duration, min_duration)
@@ -286,8 +289,6 @@ def prepare_frames(
 
     Returns (manifest paths, number of videos decoded: 0 or 1); raises DataError.
     """
-    from cmkd_cli.data.video import save_frames
-
     video, out_dir = Path(video), Path(out_dir)
     n = n if times is None else len(times)
     outs = [out_dir / f"{stem_rel}_{k:02d}.jpg" for k in range(n)]
@@ -359,8 +360,6 @@ def audio_visual_worker(task: Task) -> Outcome:
 def check_image(path: str | os.PathLike[str]) -> tuple[int, int]:
     """(width, height) of a decodable image file; raise DataError for a missing, empty,
     truncated or non-image file (the whole image is decoded, not only its header)."""
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file does not exist")
@@ -391,9 +390,7 @@ def image_worker(task: Task) -> Outcome:
 def pick_seeded(keys: Iterable[str], count: int, seed: int) -> set[str]:
     """The `count` keys with the smallest stable hash of (seed, key): a seeded subset that
     does not depend on the order of `keys`, and barely moves when a few keys are missing."""
-    from cmkd_cli.data.audio import stable_seed
-
-    return set(sorted(keys, key=lambda k: (stable_seed(seed, k), k))[: max(0, count)])
+    return set(sorted(keys, key=lambda k: (audio.stable_seed(seed, k), k))[: max(0, count)])
 
 
 # ---------------------------------------------------------------- workers and resume
@@ -438,9 +435,6 @@ def parallel_map(
         with _one_torch_thread():
             yield from track(map(fn, items), total=len(items), description=description)
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     chunk = max(1, min(64, len(items) // (workers * 8)))
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_limit_threads) as pool:

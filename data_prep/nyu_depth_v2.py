@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from PIL import Image
 from pydantic import Field
 
 from cmkd_cli.data.manifest import write_classes
@@ -100,7 +101,7 @@ class NYUOptions(PrepareOptions):
 
 
 def _load_v5(path: Path) -> dict[str, Any]:
-    import scipy.io
+    import scipy.io  # lazy: one of the two .mat formats needs each reader
 
     try:
         return scipy.io.loadmat(str(path), squeeze_me=True)
@@ -110,7 +111,7 @@ def _load_v5(path: Path) -> dict[str, Any]:
 
 @lru_cache(maxsize=4)
 def _h5(path: str, mtime_ns: int) -> Any:
-    import h5py
+    import h5py  # lazy: one of the two .mat formats needs each reader
 
     try:
         return h5py.File(path, "r")
@@ -124,7 +125,7 @@ def open_h5(path: Path) -> Any:
 
 
 def _is_h5(path: Path) -> bool:
-    import h5py
+    import h5py  # lazy: one of the two .mat formats needs each reader
 
     return h5py.is_hdf5(str(path))
 
@@ -286,8 +287,6 @@ def jet(x: np.ndarray) -> np.ndarray:
 
 
 def _write_png(path: Path, pixels: np.ndarray) -> None:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
     with atomic_path(path) as tmp:

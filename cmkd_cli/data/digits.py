@@ -66,7 +66,7 @@ def digits(
     """
     if teacher_view not in ("prompt", "image"):
         raise UsageError(f"data.params.teacher_view: {teacher_view!r} is not `prompt` or `image`")
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: sklearn takes seconds, only digits uses it
     from sklearn.model_selection import train_test_split
 
     for name, v in [("val_fraction", val_fraction), ("test_fraction", test_fraction)]:

@@ -140,7 +140,7 @@ class FaceDetector:
         min_face_size: int = 20,
         batch_size: int = 16,
     ) -> None:
-        from facenet_pytorch import MTCNN
+        from facenet_pytorch import MTCNN  # lazy: the slowest import here, only align-faces runs it
 
         self.device = torch.device(device)
         self.mtcnn = MTCNN(keep_all=True, min_face_size=min_face_size, device=self.device)

@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
+from PIL import Image, UnidentifiedImageError
 from pydantic import Field, field_validator
 
 from cmkd_cli.errors import DataError, UsageError
@@ -71,8 +72,6 @@ class ImageTransformConfig(StrictModel):
 
 def load_image(path: str | os.PathLike[str], channels: int = 3) -> torch.Tensor:
     """Decode an image file to uint8 `[channels, H, W]`; DataError names an unreadable file."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as img:
             img = img.convert("RGB" if channels == 3 else "L")

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
+from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode
 
 from cmkd_cli import console
@@ -67,8 +68,6 @@ class Augment:
 
 
 def _decode(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as img:
             return np.array(img)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from cmkd_cli.data.datasets import DataBundle, KeyedDataset, keyed_rng, register_dataset
 from cmkd_cli.data.fbank import FRONTENDS, FbankConfig, FbankStore
@@ -45,8 +46,6 @@ def evenly_spaced_crops(feats: np.ndarray, n_frames: int, k: int) -> np.ndarray:
 
 def load_face(path: Path) -> torch.Tensor:
     """An aligned face as `[3, 112, 112]` in [-1, 1] ((x - 127.5) / 127.5, ArcFace's input)."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as im:
             arr = np.asarray(im.convert("RGB"), dtype=np.float32)

@@ -18,7 +18,9 @@ class MetricsLogger:
         self.enabled = enabled
         self._tb = None
         if enabled and tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import (
+                SummaryWriter,
+            )  # lazy: seconds, output.tensorboard only
 
             self._tb = SummaryWriter(log_dir=str(run_dir))
 

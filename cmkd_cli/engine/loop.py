@@ -24,8 +24,9 @@ from cmkd_cli.engine.checkpoint import capture_rng, load_checkpoint, restore_rng
 from cmkd_cli.engine.distributed import DistInfo, to_device
 from cmkd_cli.engine.logging import MetricsLogger
 from cmkd_cli.engine.optim import build_optimizer, build_scheduler
+from cmkd_cli.engine.teacher_cache import build_cache, cache_key
 from cmkd_cli.errors import RunError, UsageError
-from cmkd_cli.io import atomic_write_json, atomic_write_text
+from cmkd_cli.io import atomic_write_json, atomic_write_text, default_cache_dir
 from cmkd_cli.methods.base import Method
 from cmkd_cli.progress import track
 from cmkd_cli.schema import Recipe
@@ -120,9 +121,6 @@ def make_loaders(data: Any, recipe: Recipe, dist: DistInfo) -> dict[str, Any]:
 
 def attach_teacher_cache(method: Method, data: Any, recipe: Recipe, dist: DistInfo) -> None:
     """Serve a frozen teacher's outputs from disk when its inputs never change."""
-    from cmkd_cli.engine.teacher_cache import build_cache, cache_key
-    from cmkd_cli.io import default_cache_dir
-
     method.teacher_cache = None
     if not (
         recipe.train.teacher_cache

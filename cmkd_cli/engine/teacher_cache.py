@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from cmkd_cli.engine.distributed import DistInfo, barrier, to_device
 from cmkd_cli.io import atomic_write_json
@@ -90,8 +91,6 @@ def build_cache(
     batch_size: int = 256,
 ) -> TeacherCache:
     """Run the frozen teacher once over `dataset` (sharded over processes) into `folder`."""
-    from torch.utils.data import DataLoader
-
     if TeacherCache.is_complete(folder):
         return TeacherCache(folder)
     n = len(dataset)

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from cmkd_cli.errors import RunError, UsageError
 from cmkd_cli.models.base import ModelOutput
 from cmkd_cli.models.taps import FeatureTaps
 from cmkd_cli.registry import Registry
@@ -102,8 +103,6 @@ class Method(nn.Module):
             return list(self.teacher.parameters())
         partial = getattr(self.teacher, "partial_tune_modules", None)
         if partial is None:
-            from cmkd_cli.errors import UsageError
-
             raise UsageError(
                 f"teacher.tune: `partial` needs a model that names its top stages; "
                 f"{type(self.teacher).__name__} does not"
@@ -154,8 +153,6 @@ class Method(nn.Module):
         try:
             return stages[int(spec)]
         except IndexError:
-            from cmkd_cli.errors import UsageError
-
             raise UsageError(
                 f"{field}: stage {spec} does not exist; {type(model).__name__} has stages "
                 f"{stages or 'none (it exposes only its embedding)'}"
@@ -212,8 +209,6 @@ class Method(nn.Module):
         Tables 4 and 8). Default: as they are, when their widths agree; methods with a
         projection (paper A, CLIP) override it."""
         if student_emb.shape[-1] != teacher_emb.shape[-1]:
-            from cmkd_cli.errors import UsageError
-
             raise UsageError(
                 f"method `{self.method_name}` has no shared student-teacher space (widths "
                 f"{student_emb.shape[-1]} and {teacher_emb.shape[-1]}); cross-matching needs a "
@@ -247,8 +242,6 @@ class Method(nn.Module):
         optional = self._stored_elsewhere() + (() if resume else self.training_only_state)
         missing = [k for k in missing if not k.startswith(optional)]
         if missing or unexpected:
-            from cmkd_cli.errors import RunError
-
             raise RunError(
                 f"checkpoint does not match the method: missing {missing[:3]}, "
                 f"unexpected {unexpected[:3]}"

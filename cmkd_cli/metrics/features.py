@@ -108,7 +108,7 @@ def reduce_2d(x: torch.Tensor, tsne: bool) -> np.ndarray:
     if not tsne:
         _, vecs = torch.linalg.eigh(x.T @ x)  # eigenvalues ascending
         return (x @ vecs[:, -2:].flip(-1)).numpy()
-    # sklearn (~1 s to import) only when t-SNE is asked for
+    # lazy: sklearn.manifold takes seconds to import, only --tsne needs it
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
 

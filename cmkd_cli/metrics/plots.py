@@ -68,7 +68,7 @@ def plot_det(
     `det_limits`' top (40%, or more for a weak system); the dashed diagonal marks FAR = FRR,
     where the curve meets it is the EER. Returns `path`.
     """
-    from scipy.stats import norm
+    from scipy.stats import norm  # lazy: scipy.stats takes seconds, only the DET plot needs it
 
     far = np.clip(np.asarray(far, dtype=np.float64), _DET_CLIP, 1 - _DET_CLIP)
     frr = np.clip(np.asarray(frr, dtype=np.float64), _DET_CLIP, 1 - _DET_CLIP)

@@ -170,7 +170,7 @@ class TextEncoder:
         if pooling not in ("mean", "cls"):
             raise UsageError(f"text encoder pooling must be 'mean' or 'cls', got {pooling!r}")
         self.pooling, self.normalize = pooling, normalize
-        from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging  # lazy: see hf_local
 
         bar = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()

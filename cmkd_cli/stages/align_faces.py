@@ -49,6 +49,7 @@ from cmkd_cli.errors import DataError, UsageError
 from cmkd_cli.io import atomic_path, atomic_write_json, atomic_write_text
 from cmkd_cli.progress import track
 from cmkd_cli.schema import StrictModel
+from data_prep.common import relative_to_out
 
 FACES_DIR = "faces"
 NO_FACE_SUFFIX = ".noface.txt"
@@ -179,8 +180,6 @@ def _face_records(
     records: list[Record], frames: list[_Frame], manifest: Path, out: Path
 ) -> tuple[list[Record], list[SkippedRecord]]:
     """Records with `faces` added (paths valid from `out`), and those without any face."""
-    from data_prep.common import relative_to_out
-
     by_record: dict[int, list[_Frame]] = {}
     for fr in frames:
         by_record.setdefault(fr.record, []).append(fr)

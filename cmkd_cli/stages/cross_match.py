@@ -22,12 +22,17 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from rich.table import Table
+from torch.utils.data import DataLoader
 
-from cmkd_cli.data.datasets import keyed_rng
+from cmkd_cli.data.datasets import build_data, keyed_rng
+from cmkd_cli.data.fbank import FbankConfig
 from cmkd_cli.data.manifest import read_manifest, resolve
+from cmkd_cli.data.speaker import load_face
 from cmkd_cli.engine.distributed import select_device
 from cmkd_cli.errors import UsageError
 from cmkd_cli.progress import track
+from cmkd_cli.stages.evaluate import embed_utterances, student_features, utterance_fbanks
+from cmkd_cli.stages.experiment import method_from_checkpoint
 from cmkd_cli.stages.options import EmbedOptions
 
 
@@ -110,10 +115,6 @@ def speaker_embeddings(
     """Per record of `split` (`all`: every record): the student's audio embedding and the
     teacher's face embedding, both in the method's shared space; `features` is the
     student's FbankConfig (default: Kaldi)."""
-    from cmkd_cli.data.fbank import FbankConfig
-    from cmkd_cli.data.speaker import load_face
-    from cmkd_cli.stages.evaluate import embed_utterances, utterance_fbanks
-
     records = [r for r in read_manifest(manifest) if r.audio and getattr(r, "faces", None)]
     if not records:
         raise UsageError(
@@ -145,10 +146,6 @@ def speaker_embeddings(
 @torch.no_grad()
 def class_matching(method: Any, recipe: Any, device: torch.device, split: str) -> MatchRow:
     """Each sample of `split` against each class's mean teacher embedding (Table 8)."""
-    from torch.utils.data import DataLoader
-
-    from cmkd_cli.data.datasets import build_data
-
     if split not in ("train", "val", "test"):
         raise UsageError(f"--split {split}: choose train, val or test for this checkpoint")
     data = build_data(recipe.data)
@@ -179,8 +176,6 @@ def held_out_split(recipe: Any) -> str:
 
 
 def run(options: CrossMatchOptions) -> CrossMatchResult:
-    from cmkd_cli.stages.experiment import method_from_checkpoint
-
     o = options
     checkpoint, manifest, hard = o.checkpoint, o.manifest, o.hard
     dev = select_device(o.device)
@@ -195,7 +190,6 @@ def run(options: CrossMatchOptions) -> CrossMatchResult:
     else:
         if manifest is None:
             raise UsageError("--manifest is required for speaker checkpoints (audio + faces)")
-        from cmkd_cli.stages.evaluate import student_features
 
         features = student_features(recipe.model_dump(mode="json"), {})
         s, t, records = speaker_embeddings(

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, Field
 from rich.table import Table
 
@@ -29,11 +30,12 @@ from cmkd_cli.engine.distributed import DistInfo, init_distributed
 from cmkd_cli.engine.loop import fit
 from cmkd_cli.errors import UsageError
 from cmkd_cli.io import atomic_write_json, atomic_write_text
+from cmkd_cli.methods import METHODS
 from cmkd_cli.metrics.paired import CiMethod, interval, paired_delta, sample_std
 from cmkd_cli.runs import STUDY_FILE, run_root, study_run_dir
 from cmkd_cli.schema import Recipe, Variant
 from cmkd_cli.stages import train_teacher
-from cmkd_cli.stages.experiment import preflight
+from cmkd_cli.stages.experiment import build_experiment, preflight
 from cmkd_cli.stages.options import RecipeOptions
 
 
@@ -118,8 +120,6 @@ def parse_seeds(text: str | None) -> list[int] | None:
 
 
 def load_resumed(resume: Path) -> Recipe:
-    import yaml
-
     for name in (STUDY_FILE, "config.yaml"):
         path = resume / name
         if path.is_file():
@@ -177,8 +177,6 @@ class DataCache:
 def run_one(
     recipe: Recipe, run_dir: Path, dist: DistInfo, teacher: Path | None, data: DataBundle
 ) -> RunSummary:
-    from cmkd_cli.stages.experiment import build_experiment
-
     final = run_dir / "final.json"
     variant = run_dir.parent.name if run_dir.name.startswith("seed-") else recipe.method.name
     if final.exists():
@@ -363,8 +361,6 @@ def tune(
 
 
 def _uses_teacher(recipe: Recipe) -> bool:
-    from cmkd_cli.methods import METHODS
-
     return METHODS.get(recipe.method.name).uses_teacher
 
 

@@ -21,16 +21,25 @@ from pydantic import BaseModel, Field
 from rich.table import Table
 
 from cmkd_cli import console
+from cmkd_cli.config import validate_recipe
+from cmkd_cli.data.audio import load_audio
+from cmkd_cli.data.datasets import build_data
 from cmkd_cli.data.fbank import FbankConfig, FbankStore, compute_fbank, crop_frames
 from cmkd_cli.data.manifest import read_manifest, resolve
+from cmkd_cli.data.noise import NoiseBank
 from cmkd_cli.data.speaker import evenly_spaced_crops, open_store, utterance_key
 from cmkd_cli.engine.checkpoint import load_checkpoint
-from cmkd_cli.engine.distributed import select_device
+from cmkd_cli.engine.distributed import init_distributed, select_device
+from cmkd_cli.engine.loop import make_loaders
 from cmkd_cli.errors import DataError, UsageError
+from cmkd_cli.metrics.plots import plot_det
 from cmkd_cli.metrics.trials import Scoring, Trials, read_trials, score_trials
 from cmkd_cli.metrics.verification import compute_eer, compute_min_dcf, det_curve
+from cmkd_cli.models.registry import create_model
 from cmkd_cli.progress import track
 from cmkd_cli.stages.options import EmbedOptions
+from cmkd_cli.tasks import build_task
+from cmkd_cli.tasks.speaker import scoring
 
 #: standard trial lists: name -> (original file, cleaned file)
 TRIAL_LISTS = {
@@ -86,8 +95,6 @@ def load_student(
     """The student of a run checkpoint (best.pt/last.pt), rebuilt from its stored recipe
     (without its `pretrained` initial weights, which the checkpoint replaces anyway), with
     that recipe and the checkpoint's `data_spec`."""
-    from cmkd_cli.models.registry import create_model
-
     ckpt = load_checkpoint(checkpoint)
     recipe = ckpt.get("recipe") or {}
     if "student" not in ckpt or "student" not in recipe:
@@ -122,8 +129,6 @@ def utterance_fbanks(
     manifest: Path, fbank: Path | None, cfg: FbankConfig, noise: Any, snr: float | None
 ) -> Callable[[str], np.ndarray]:
     """id -> fbank frames: from the store when clean, else decoded (and noised) audio."""
-    from cmkd_cli.data.audio import load_audio
-
     if fbank is not None and snr is None:
         store = FbankStore(fbank)
         return lambda uid: np.asarray(store[uid], dtype=np.float32)
@@ -187,8 +192,6 @@ def verify(
     )
     png = None
     if det is not None:
-        from cmkd_cli.metrics.plots import plot_det
-
         far, frr = det_curve(scores, trials.labels)
         png = str(plot_det(far, frr, det, label=f"{path.name} EER {100 * eer:.2f}%"))
     return TrialResult(
@@ -219,8 +222,6 @@ def run(options: EvalOptions) -> EvalResult:
         raise UsageError("--musan DIR is required with --musan-snr/--snr")
     noise = None
     if o.musan is not None:
-        from cmkd_cli.data.noise import NoiseBank
-
         noise = NoiseBank(o.musan)
     cfg = student_features(recipe, spec)
     if o.fbank is not None:
@@ -267,9 +268,6 @@ def scoring_for(recipe: dict[str, Any], **given: Any) -> Scoring:
     """The values `given` (score, p_target, c_miss, c_fa; None: not given), else those of
     the checkpoint recipe's speaker task (`task_params`; the task's defaults for a recipe
     that sets none: cosine, 0.01, 1, 1)."""
-    from cmkd_cli.tasks import build_task
-    from cmkd_cli.tasks.speaker import scoring
-
     stored = build_task("speaker", 0, recipe.get("task_params") or {}).scoring
     return scoring(
         "--", **{**stored.model_dump(), **{k: v for k, v in given.items() if v is not None}}
@@ -292,12 +290,6 @@ def evaluate_classification(
     checkpoint: Path, model: torch.nn.Module, recipe: dict[str, Any], device: torch.device
 ) -> EvalResult:
     """The task's metrics of the student on the recipe's test split (+ per-class IoU)."""
-    from cmkd_cli.config import validate_recipe
-    from cmkd_cli.data.datasets import build_data
-    from cmkd_cli.engine.distributed import init_distributed
-    from cmkd_cli.engine.loop import make_loaders
-    from cmkd_cli.tasks import build_task
-
     r = validate_recipe(recipe, origin=f"{checkpoint} (stored recipe)")
     data = build_data(r.data)
     loaders = make_loaders(data, r, init_distributed(str(device.type)))

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from cmkd_cli.config import validate_recipe
 from cmkd_cli.data.datasets import DataBundle, build_data
+from cmkd_cli.engine.checkpoint import load_checkpoint
 from cmkd_cli.errors import UsageError
 from cmkd_cli.methods import METHODS, Method
 from cmkd_cli.models.registry import MODELS, create_model
@@ -93,8 +95,6 @@ def file_fingerprint(path: Path) -> str:
 
 def load_teacher_weights(teacher: nn.Module, path: Path) -> dict[str, Any]:
     """Load `teacher.pt` (from train-teacher) or a plain state dict from a local path."""
-    from cmkd_cli.engine.checkpoint import load_checkpoint
-
     if not path.is_file():
         raise UsageError(
             f"teacher.checkpoint: {path} does not exist (weights are only read from local "
@@ -149,9 +149,6 @@ def build_method(
 
 def method_from_checkpoint(path: Path) -> tuple[Method, Recipe]:
     """A trained method (student, tuned or referenced teacher, heads) from a run checkpoint."""
-    from cmkd_cli.config import validate_recipe
-    from cmkd_cli.engine.checkpoint import load_checkpoint
-
     ckpt = load_checkpoint(path)
     if "recipe" not in ckpt or "student" not in ckpt:
         raise UsageError(f"{path} is not a cmkd run checkpoint (no recipe or student)")

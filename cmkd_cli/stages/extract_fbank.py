@@ -21,6 +21,7 @@ from cmkd_cli.data.manifest import Skipped, read_manifest, resolve
 from cmkd_cli.errors import DataError, UsageError
 from cmkd_cli.io import atomic_write_jsonl
 from cmkd_cli.schema import StrictModel
+from data_prep.common import default_workers, parallel_map, reason_kind
 
 
 class ExtractOptions(StrictModel):
@@ -57,8 +58,6 @@ def run(options: ExtractOptions) -> ExtractResult:
     """Compute the missing features of the manifest's records into the store at `out`
     (`frontend`: kaldi | voxceleb_trainer, see `cmkd_cli.data.fbank`; `cmn` None: the
     front-end's default)."""
-    from data_prep.common import default_workers, parallel_map, reason_kind
-
     started = time.perf_counter()
     manifest, out, shard_size = options.manifest, options.out, options.shard_size
     if shard_size < 1:

@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
+from rich.console import Group
 from rich.table import Table
 
 from cmkd_cli.errors import UsageError
 from cmkd_cli.io import read_jsonl
+from cmkd_cli.metrics.plots import plot_curves, plot_study
 from cmkd_cli.runs import STUDY_FILE, run_dirs
 from cmkd_cli.schema import StrictModel
 
@@ -44,8 +46,6 @@ def report_run(run_dir: Path, plots: bool) -> RunReport:
     )
     written: list[str] = []
     if plots and rows:
-        from cmkd_cli.metrics.plots import plot_curves
-
         steps = [r for r in rows if r.get("kind") == "step"]
         groups = {
             "losses": sorted({k for r in steps for k in r if k.startswith("loss/")}),
@@ -73,8 +73,7 @@ def run(options: ReportOptions) -> ReportResult:
     study = load_study(run_dir) if results.exists() and len(dirs) > 1 else None
     written = []
     if study is not None and plots:
-        from cmkd_cli.metrics.plots import plot_study
-        from cmkd_cli.stages.distill import CI_NAMES
+        from cmkd_cli.stages.distill import CI_NAMES  # loads torch: studies only
 
         path = plot_study(
             [row.model_dump() for row in study.table],
@@ -96,7 +95,7 @@ def run(options: ReportOptions) -> ReportResult:
 def load_study(root: Path) -> Any:
     """A study's `results.json`, its table recomputed from the runs with the statistics and
     baselines of its `study.yaml` (so a study tabulated by an older cmkd gets them too)."""
-    from cmkd_cli.stages import distill
+    from cmkd_cli.stages import distill  # loads torch (engine): a single run's report never
 
     path = root / "results.json"
     try:
@@ -113,11 +112,9 @@ def load_study(root: Path) -> Any:
 
 
 def render(result: ReportResult) -> Any:
-    from rich.console import Group
-
     per_run = [p for r in result.runs for p in r.plots]
     if result.study:
-        from cmkd_cli.stages import distill
+        from cmkd_cli.stages import distill  # loads torch: studies only
 
         table = distill.render(distill.DistillResult.model_validate(result.study))
         wrote = [f"wrote {p}" for p in result.plots]

@@ -27,6 +27,7 @@ from cmkd_cli.errors import UsageError
 from cmkd_cli.io import atomic_torch_save
 from cmkd_cli.runs import run_root
 from cmkd_cli.schema import DataConfig, Recipe, TeacherPretrain
+from cmkd_cli.stages.experiment import build_experiment
 from cmkd_cli.stages.options import RecipeOptions
 
 TEACHER_FILE = "teacher.pt"
@@ -121,8 +122,6 @@ def train(
     recipe: Recipe, out: Path, dist: DistInfo, data: DataBundle | None = None
 ) -> TeacherResult:
     """Train (or reuse) the teacher of `recipe` into `out`; idempotent."""
-    from cmkd_cli.stages.experiment import build_experiment
-
     ckpt_path = out / TEACHER_FILE
     t_recipe = teacher_recipe(recipe)
     if ckpt_path.exists():
