@@ -44,6 +44,6 @@ def load_tokenizer(path: Path) -> Any:
 
 def load_model(path: Path) -> Any:
     """The transformers model in the local folder `path`, in eval mode."""
-    from transformers import AutoModel
+    from transformers import AutoModel  # lazy: as in load_tokenizer
 
     return AutoModel.from_pretrained(path, local_files_only=True).eval()

@@ -122,3 +122,26 @@ def _lines(where: list[str]) -> list[str]:
         path, n = w.rsplit(":", 1)
         out.append((REPO / path).read_text().splitlines()[int(n) - 1])
     return out
+
+
+def test_an_import_inside_a_function_says_why():
+    """Imports go at the top unless a measured start-up cost or a cycle asks otherwise, which
+    a comment on the line (or the line above) names. native.py's checks import what they
+    check on purpose (its docstring says why)."""
+    silent = []
+    for module, tree in MODULES.items():
+        if module == "cmkd_cli.native":
+            continue
+        path = REPO / (module.replace(".", "/") + ".py")
+        if not path.is_file():
+            path = REPO / module.replace(".", "/") / "__init__.py"
+        lines = path.read_text().splitlines()
+        for fn in ast.walk(tree):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import | ast.ImportFrom):
+                    here = lines[node.lineno - 1] + lines[node.lineno - 2]
+                    if "#" not in here:
+                        silent.append(f"{module}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    assert silent == []

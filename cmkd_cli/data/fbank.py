@@ -133,7 +133,7 @@ def crop_frames(seconds: float, cfg: FbankConfig) -> int:
 @functools.lru_cache(maxsize=4)
 def _mel_spectrogram(sample_rate: int, n_fft: int, window: int, shift: int, n_mels: int) -> Any:
     """voxceleb_trainer's `torchaudio.transforms.MelSpectrogram`, every default spelled out."""
-    import torchaudio
+    import torchaudio  # lazy: seconds to import; only the voxceleb_trainer front-end uses it
 
     return torchaudio.transforms.MelSpectrogram(
         sample_rate=sample_rate,

@@ -18,9 +18,8 @@ class MetricsLogger:
         self.enabled = enabled
         self._tb = None
         if enabled and tensorboard:
-            from torch.utils.tensorboard import (
-                SummaryWriter,
-            )  # lazy: seconds, output.tensorboard only
+            # lazy: tensorboard takes seconds to import; only output.tensorboard runs need it
+            from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(run_dir))
 

@@ -110,7 +110,7 @@ def reduce_2d(x: torch.Tensor, tsne: bool) -> np.ndarray:
         return (x @ vecs[:, -2:].flip(-1)).numpy()
     # lazy: sklearn.manifold takes seconds to import, only --tsne needs it
     from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits  # with TSNE: only --tsne needs it
 
     perplexity = min(30.0, max(2.0, (len(x) - 1) / 3))
     with threadpool_limits(torch.get_num_threads()):

@@ -36,7 +36,7 @@ def sample_std(values: Sequence[float]) -> float:
 
 def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float] | None:
     """Student-t interval of the mean of `values`; None for fewer than two values."""
-    from scipy.stats import t
+    from scipy.stats import t  # lazy: scipy.stats takes seconds; only studies' tables use it
 
     n = len(values)
     if n < 2:

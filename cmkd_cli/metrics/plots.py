@@ -41,8 +41,8 @@ def det_limits(far: Any, frr: Any) -> tuple[float, float]:
 
 def _figure(rows: int = 1, height: float = 4.5):
     """A bare Figure with an Agg canvas: no pyplot state, no global backend switch."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: module docstring
+    from matplotlib.figure import Figure  # lazy: module docstring
 
     fig = Figure(figsize=(6.4, height * rows), layout="constrained")
     FigureCanvasAgg(fig)
@@ -181,7 +181,7 @@ def plot_study(
 
 def plot_kept(series: list[KeptSeries], path: Path) -> Path:
     """OFSD's kept fraction per epoch, one line per variant (C2KD Fig. 3)."""
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # lazy: module docstring
 
     fig = _figure()
     ax = fig.add_subplot()
@@ -272,7 +272,7 @@ def plot_embeddings(
 ) -> Path:
     """One scatter per panel of 2-D points (`metrics.features.reduce_panel`), coloured by
     class, one marker per source (soft CMKD Fig. 8)."""
-    from matplotlib.lines import Line2D
+    from matplotlib.lines import Line2D  # lazy: module docstring
 
     fig = _figure(rows=len(panels), height=4.2)
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
