@@ -1,7 +1,8 @@
 """Dataset-layout fixture trees made in a temporary folder from the real files of ../shared/data.
 
 Generic helpers (`shared_data`, `link_or_copy`, `fresh_path`, `encode_m4a`, `write_stereo`,
-`write_wav_from`, `write_truncated`, `write_empty`, `write_text`, `skip_reasons`) plus
+`write_wav_from`, `write_truncated`, `write_empty`, `write_text`, `skip_reasons`,
+`fbank_store`) plus
 builders for the speaker-verification layouts (VoxCeleb1/2, CN-Celeb, MUSAN). Every builder
 returns the tree's root; bad files are added on request. Writers never write through a link
 into ../shared/data (see `fresh_path`).
@@ -64,6 +65,23 @@ def librispeech_files(speakers: int, per_speaker: int) -> dict[str, list[Path]]:
     root = shared_data("librispeech-test-other")
     spk_dirs = sorted(d for d in root.iterdir() if d.is_dir())[:speakers]
     return {d.name: sorted(d.glob("*.flac"))[:per_speaker] for d in spk_dirs}
+
+
+def fbank_store(out: Path, items: list[tuple[str, str]], cfg, shard_size: int = 100) -> str:
+    """An fbank store of `(id, audio path)` items at `out`, written as extract-fbank does."""
+    from cmkd_cli.data.fbank import (
+        check_config,
+        finished_entries,
+        plan_shards,
+        write_index,
+        write_shard,
+    )
+
+    check_config(out, cfg, overwrite=False)
+    for job in plan_shards(items, out, cfg, shard_size, first=0):
+        write_shard(job)
+    write_index(out, [i for i, _ in items], finished_entries(out))
+    return str(out)
 
 
 def encode_m4a(src: Path, dst: Path, seconds: float = 3.0, declare_priming: bool = True) -> Path:

@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from cmkd_cli.data.fbank import (
-    FbankConfig,
-    check_config,
-    finished_entries,
-    plan_shards,
-    write_index,
-    write_shard,
-)
+from cmkd_cli.data.fbank import FbankConfig
 from cmkd_cli.data.speaker import speaker
 from cmkd_cli.errors import DataError, UsageError
-from tests.fixtures_layouts import librispeech_files
-
-
-def _store(out: Path, items: list[tuple[str, str]], cfg: FbankConfig) -> str:
-    check_config(out, cfg, overwrite=False)
-    for job in plan_shards(items, out, cfg, 100, first=0):
-        write_shard(job)
-    write_index(out, [i for i, _ in items], finished_entries(out))
-    return str(out)
+from tests.fixtures_layouts import fbank_store, librispeech_files
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +26,8 @@ def tree(tmp_path_factory) -> dict[str, str]:
     vt = FbankConfig(frontend="voxceleb_trainer")
     return {
         "manifest": str(manifest),
-        "vt": _store(root / "vt", items, vt),
-        "kaldi": _store(root / "kaldi", items, FbankConfig()),
+        "vt": fbank_store(root / "vt", items, vt),
+        "kaldi": fbank_store(root / "kaldi", items, FbankConfig()),
     }
 
 
