@@ -47,7 +47,9 @@ class CliResult:
 
 @pytest.fixture
 def cli(capsys, monkeypatch, tmp_path):
-    """Run `cmkd ARGS...` in-process (cwd = a temp dir) and return its exit code and output."""
+    """Run `cmkd ARGS...` in-process (cwd = a temp dir) and return its exit code and output.
+    The global flags a run sets (--json, --quiet) stay with this test, not the next."""
+    from cmkd_cli import console
     from cmkd_cli.cli import main
 
     monkeypatch.chdir(tmp_path)
@@ -62,7 +64,8 @@ def cli(capsys, monkeypatch, tmp_path):
         out, err = capsys.readouterr()
         return CliResult(code, out, err)
 
-    return run
+    yield run
+    console.configure()  # the defaults again
 
 
 FIRST = "test_native_stack.py"
