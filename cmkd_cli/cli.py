@@ -258,8 +258,14 @@ DetOpt = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto|cpu|cuda")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="utterances per forward pass")]
-CropsOpt = Annotated[int, typer.Option("--crops", help="evenly spaced crops per utterance")]
-CropSecondsOpt = Annotated[float, typer.Option("--crop-seconds", help="length of each crop")]
+CropsOpt = Annotated[
+    int | None,
+    typer.Option("--crops", min=1, help="evenly spaced crops per utterance (default: stored)"),
+]
+CropSecondsOpt = Annotated[
+    float | None,
+    typer.Option("--crop-seconds", min=0.01, help="length of each crop (default: stored)"),
+]
 ScoreOpt = Annotated[
     str | None,
     typer.Option(
@@ -282,7 +288,9 @@ CFaOpt = Annotated[
 
 
 def _eval(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="a run's best.pt/last.pt")],
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", "-c", help="student.pt or a run's best.pt/last.pt")
+    ],
     trials: TrialsOpt = None,
     manifest: ManifestOpt = None,
     fbank: FbankOpt = None,
@@ -295,19 +303,25 @@ def _eval(
     det: DetOpt = None,
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 8,
-    crops: CropsOpt = 10,
-    crop_seconds: CropSecondsOpt = 4.0,
+    crops: CropsOpt = None,
+    crop_seconds: CropSecondsOpt = None,
     score: ScoreOpt = None,
     p_target: PTargetOpt = None,
     c_miss: CMissOpt = None,
     c_fa: CFaOpt = None,
+    scores_out: Annotated[
+        Path | None,
+        typer.Option("--scores-out", help="write `utt1 utt2 score label` per trial here"),
+    ] = None,
 ) -> None:
-    """Evaluate a student checkpoint without its teacher.
+    """Evaluate a student (student.pt, or a run's best.pt) without its teacher.
 
     Speaker checkpoints: reads the trial list(s), the test manifest and fbank store (or
     decodes the audio, e.g. to mix MUSAN noise at --musan-snr dB); prints EER and minDCF.
     Classification checkpoints: accuracy on the recipe's test split. Writes only the DET
-    PNG asked for with --det; --json prints the result.
+    PNG asked for with --det and the scores asked for with --scores-out (one file per trial
+    list and noise level: FILE-LIST[-snrN].txt when there are several); --json prints the
+    result.
     """
     from cmkd_cli.stages import evaluate as stage  # start-up: see the docstring
 
@@ -329,6 +343,7 @@ def _eval(
         p_target=p_target,
         c_miss=c_miss,
         c_fa=c_fa,
+        scores_out=scores_out,
     )
     result = stage.run(options)
     console.emit(result, stage.render(result))
@@ -352,8 +367,8 @@ def noise_test(
     original: OriginalOpt = False,
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 8,
-    crops: CropsOpt = 10,
-    crop_seconds: CropSecondsOpt = 4.0,
+    crops: CropsOpt = None,
+    crop_seconds: CropSecondsOpt = None,
     score: ScoreOpt = None,
     p_target: PTargetOpt = None,
     c_miss: CMissOpt = None,
@@ -388,6 +403,177 @@ def noise_test(
     console.emit(result, stage.render(result))
 
 
+StudentOpt = Annotated[
+    Path, typer.Option("--checkpoint", "-c", help="student.pt or a run's best.pt/last.pt")
+]
+
+
+@app.command()
+def embed(
+    checkpoint: StudentOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")],
+    files: Annotated[list[Path] | None, typer.Argument(help="input files")] = None,
+    manifest: Annotated[
+        Path | None, typer.Option("--manifest", help="embed a manifest's records instead")
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="only the manifest records of this split")
+    ] = None,
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="inputs a pass")] = 16,
+    crops: CropsOpt = None,
+    crop_seconds: CropSecondsOpt = None,
+) -> None:
+    """Embed files (or a manifest's records) with a student, as the Python API does.
+
+    Reads the checkpoint and the inputs (wav/flac/m4a for audio students, images, text
+    files). Writes OUT/embeddings.npy [N, D] with OUT/ids.txt (one id a line: the path, or
+    the record id), OUT/crops.npy [N, K, D] for speaker students, OUT/embed.json and
+    OUT/skipped.jsonl. Streamed and resumable: a killed run continues where it stopped.
+    """
+    from cmkd_cli.stages import embed as stage  # start-up: see the docstring
+
+    options = stage.EmbedFilesOptions(
+        checkpoint=checkpoint,
+        files=files or [],
+        manifest=manifest,
+        split=split,
+        out=out,
+        device=device,
+        batch_size=batch_size,
+        crops=crops,
+        crop_seconds=crop_seconds,
+    )
+    result = stage.run(options)
+    console.emit(result, stage.render(result))
+
+
+@app.command()
+def score(
+    trials: Annotated[Path, typer.Option("--trials", help="trial list (label utt1 utt2)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="score file to write")],
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", "-c", help="student.pt or a run's best.pt")
+    ] = None,
+    manifest: Annotated[
+        Path | None, typer.Option("--manifest", help="trial names are this manifest's ids")
+    ] = None,
+    fbank: FbankOpt = None,
+    root: Annotated[
+        Path | None, typer.Option("--root", help="trial names are files under this folder")
+    ] = None,
+    embeddings: Annotated[
+        Path | None, typer.Option("--embeddings", help="a `cmkd embed` output folder")
+    ] = None,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 8,
+    crops: CropsOpt = None,
+    crop_seconds: CropSecondsOpt = None,
+    score_: ScoreOpt = None,
+    p_target: PTargetOpt = None,
+    c_miss: CMissOpt = None,
+    c_fa: CFaOpt = None,
+) -> None:
+    """Score every trial of a list: one `utt1 utt2 score [label]` line each (Kaldi style).
+
+    Reads the trial list and the student with the utterances (--manifest [--fbank], --root)
+    or the embeddings `cmkd embed` wrote (--embeddings). Speaker students are scored as
+    `cmkd eval` scores (mean cosine over the crop pairs). Writes OUT; prints EER and minDCF
+    when the list has labels.
+    """
+    from cmkd_cli.stages import score as stage  # start-up: see the docstring
+
+    options = stage.ScoreOptions(
+        checkpoint=checkpoint,
+        trials=trials,
+        out=out,
+        manifest=manifest,
+        fbank=fbank,
+        root=root,
+        embeddings=embeddings,
+        device=device,
+        batch_size=batch_size,
+        crops=crops,
+        crop_seconds=crop_seconds,
+        score=score_,
+        p_target=p_target,
+        c_miss=c_miss,
+        c_fa=c_fa,
+    )
+    result = stage.run(options)
+    console.emit(result, stage.render(result))
+
+
+@app.command("export")
+def export_(
+    checkpoint: StudentOpt,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="torchscript or onnx")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")],
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Option("--input", "-i", help="a real input to verify on (repeatable)"),
+    ] = None,
+    examples: Annotated[
+        int, typer.Option("--examples", min=1, help="test samples used without --input")
+    ] = 4,
+    atol: Annotated[
+        float, typer.Option("--atol", min=0.0, help="largest allowed difference from eager")
+    ] = 1e-4,
+) -> None:
+    """Export a student with its front-end (fbank, spectrogram, normalisation) to TorchScript
+    (scripted) or ONNX (torch.export), then check it against eager PyTorch on real inputs.
+
+    Reads the checkpoint and the --input files (else the run's first test samples). Writes
+    OUT/model.ts or OUT/model.onnx, OUT/model.json and OUT/README.md (inputs, outputs,
+    preprocessing left outside the graph), only when every output matches within --atol;
+    exit 1 otherwise. ONNX needs the `export` extra (onnx, onnxruntime, onnxscript).
+    """
+    from cmkd_cli.stages import export as stage  # start-up: see the docstring
+
+    if fmt not in ("torchscript", "onnx"):
+        raise UsageError(f"--format {fmt!r}: choose torchscript or onnx")
+    options = stage.ExportOptions(
+        checkpoint=checkpoint,
+        format=fmt,  # type: ignore[arg-type]
+        out=out,
+        inputs=inputs or [],
+        examples=examples,
+        atol=atol,
+    )
+    result = stage.run(options)
+    console.emit(result, stage.render(result))
+
+
+@app.command()
+def average(
+    run: Annotated[Path, typer.Option("--run", help="a run directory (train.keep_last set)")],
+    last: Annotated[int, typer.Option("--last", min=1, help="average the last K epochs")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="default RUN/student-avg.pt")
+    ] = None,
+    bn_batches: Annotated[
+        int,
+        typer.Option(
+            "--bn-batches", min=0, help="training batches to recompute BatchNorm on (0: keep)"
+        ),
+    ] = 100,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Average the weights of a run's last K epochs into one student.pt (wespeaker avg_model).
+
+    Reads RUN/epochs/epoch-NNNN.pt (kept when the recipe sets `train.keep_last: K`) and,
+    to recompute the BatchNorm statistics of the averaged network, the run's training data.
+    Writes OUT, a student.pt for eval, embed, score, export and `cmkd_cli.load`.
+    """
+    from cmkd_cli.stages import average as stage  # start-up: see the docstring
+
+    options = stage.AverageOptions(
+        run=run, last=last, out=out, bn_batches=bn_batches, device=device
+    )
+    result = stage.run(options)
+    console.emit(result, stage.render(result))
+
+
 @app.command("cross-match")
 def cross_match(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="a run's best.pt")],
@@ -398,8 +584,8 @@ def cross_match(
     seed: Annotated[int, typer.Option("--seed", help="seed of the triplet draw")] = 0,
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 8,
-    crops: CropsOpt = 10,
-    crop_seconds: CropSecondsOpt = 4.0,
+    crops: CropsOpt = None,
+    crop_seconds: CropSecondsOpt = None,
     split: Annotated[
         str | None,
         typer.Option(
@@ -573,8 +759,12 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn errors into one sentence and an exit code."""
     argv = hoist_global_flags(list(sys.argv[1:] if argv is None else argv))
     try:
-        app(args=argv, prog_name="cmkd", standalone_mode=False)
+        code = app(args=argv, prog_name="cmkd", standalone_mode=False)
         _leave_process_group()
+        if isinstance(code, int) and code:  # typer turns Ctrl-C into a returned 130
+            if code == 130:
+                console.stderr.print("interrupted")
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

@@ -111,6 +111,9 @@ class TrainConfig(StrictModel):
         True, description="cache a frozen teacher's outputs on disk when its input is static"
     )
     cache_dir: str | None = Field(None, description="default: $CMKD_CACHE_DIR or ~/.cache/cmkd")
+    keep_last: int | None = Field(
+        None, ge=1, description="keep the last K epochs' weights in RUN/epochs/ (cmkd average)"
+    )
 
 
 class TeacherPretrain(StrictModel):

@@ -81,10 +81,20 @@ def _definitions() -> dict[str, list[str]]:
         ("feature_source", "cmkd_cli.methods._feature_common"),
         ("minilm_path", "cmkd_cli.hf_local"),
         ("configure", "cmkd_cli.console"),
+        # one way to load a student (item 4; the shipping issue's loader)
+        ("read_student", "cmkd_cli.student.package"),
+        ("build_student_model", "cmkd_cli.student.package"),
+        ("student_package", "cmkd_cli.student.package"),
     ],
 )
 def test_where_is_it_ends_at_one_definition(name: str, home: str):
     assert _definitions()[name] == [home]
+
+
+def test_the_old_student_loaders_are_gone():
+    """evaluate.load_student and checkpoint.load_student_weights loaded a student their own
+    way; `cmkd_cli.student.package` is the one loader now."""
+    assert [n for n in ("load_student", "load_student_weights") if _definitions().get(n)] == []
 
 
 def _sources(pattern: str) -> list[str]:

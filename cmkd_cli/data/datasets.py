@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from cmkd_cli.registry import Registry, check_kwargs
 from cmkd_cli.schema import DataConfig
+
+if TYPE_CHECKING:
+    from cmkd_cli.data.preprocess import Preprocessing
 
 DATASETS: Registry = Registry("dataset", package="cmkd_cli.data")
 register_dataset = DATASETS.register
@@ -47,7 +50,12 @@ def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndar
 
 
 class KeyedDataset(Dataset):
-    """Base for datasets whose per-sample randomness depends only on (seed, epoch, index)."""
+    """Base for datasets whose per-sample randomness depends only on (seed, epoch, index).
+
+    Evaluation splits may also offer `raw_input(index)`: the sample's student input as a
+    user would give it to `cmkd_cli.load` (a file path, a `(waveform, rate)` pair, an image
+    array, a text), on which `cmkd export` checks its graph when no `--input` is given.
+    """
 
     def __init__(self) -> None:
         self.seed = 0
@@ -77,20 +85,20 @@ class DataBundle:
     teacher_static: bool = False
     #: evaluation split on the teacher's modality (its items carry `t`), for train-teacher
     teacher_val: KeyedDataset | None = None
-    #: how the student's input features were computed (speaker: the fbank store's
-    #: FbankConfig), so evaluation computes the same ones from audio
-    features: dict[str, Any] | None = None
+    #: the evaluation preprocessing of the student's input `x` (`data.preprocess`), which
+    #: checkpoints and `student.pt` carry so that a student is usable without its data
+    student_input: Preprocessing | None = None
 
     def spec(self) -> dict[str, Any]:
         """What models and methods need to know of the data (also stored in checkpoints)."""
-        spec = {
+        return {
             "num_classes": self.num_classes,
             "class_names": list(self.class_names),
             "n_train": len(self.train),
+            "student_input": (
+                self.student_input.model_dump(mode="json") if self.student_input else None
+            ),
         }
-        if self.features is not None:
-            spec["features"] = dict(self.features)
-        return spec
 
 
 def build_data(cfg: DataConfig) -> DataBundle:

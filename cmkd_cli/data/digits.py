@@ -10,8 +10,13 @@ import numpy as np
 import torch
 
 from cmkd_cli.data.datasets import DataBundle, KeyedDataset, register_dataset, stratified_subset
+from cmkd_cli.data.image_transforms import ImageTransformConfig
+from cmkd_cli.data.preprocess import ImageInput
 from cmkd_cli.errors import UsageError
 
+#: the images as the student sees them: 8x8 grey in [0, 1] (ink high), not normalised; an
+#: image of another size is resized to 8x8
+EVAL_IMAGE = ImageTransformConfig(size=8, channels=1, train_crop="none", mean=(0.0,), std=(1.0,))
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
@@ -27,6 +32,10 @@ class DigitsSplit(KeyedDataset):
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def raw_input(self, index: int) -> np.ndarray:
+        """The 8x8 image in [0, 1]."""
+        return self.images[index, 0].numpy()
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         rng = self.rng(index)
@@ -100,4 +109,5 @@ def digits(
         class_names=DIGIT_NAMES,
         info={"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
         teacher_static=teacher_view == "image",
+        student_input=ImageInput(image=EVAL_IMAGE),
     )

@@ -6,14 +6,22 @@ front-ends compute it (`FbankConfig.frontend`):
 * `kaldi` (default; every store made before the option): `torchaudio.compliance.kaldi.fbank`
   (Kaldi's compute-fbank-feats: samples scaled to the int16 range, DC removal, per-frame
   pre-emphasis 0.97, povey window, 20 Hz low cut, `snip_edges`: `1 + (N - win) // hop`
-  frames), optionally mean-normalised per utterance (CMN).
+  frames), optionally mean-normalised per utterance (CMN); computed by `KaldiFbank`.
 * `voxceleb_trainer`: the front-end of clovaai/voxceleb_trainer's ResNetSE34V2, the
   setup paper A trains in: whole-signal pre-emphasis `y[n] = x[n] - 0.97 x[n-1]` (the first
   sample against a reflected `x[1]`) of the [-1, 1] samples soundfile reads, a power
   `MelSpectrogram` (n_fft 512, hamming window 400, hop 160, f_min 0, f_max sr/2, HTK mel,
   no filter normalisation, centred framing with reflect padding: `1 + N // hop` frames),
   then `log(x + 1e-6)`; no CMN, since the model's InstanceNorm normalises each crop (the
-  reference applies it in the model as well: `resnet34_asp(input_norm=True)`).
+  reference applies it in the model as well: `resnet34_asp(input_norm=True)`); computed by
+  `VoxcelebTrainerFbank`.
+
+Both are `nn.Module` graphs of fixed buffers and index arithmetic (no length-dependent
+branch), which `cmkd export` puts in front of the exported student, so the features of the
+feature store, of `cmkd eval` from audio, of the Python API and of the exported graph are
+one computation. They run in float64 (float32 out): torchaudio's float32 FFT is off by up to
+3e-3 in rare low-energy bins of real speech (tested), float64 by about 1e-5, so eager and
+exported front-ends agree to float32 rounding.
 
 Store layout (written by `cmkd extract-fbank`, read by `FbankStore`):
     OUT/config.json            the FbankConfig used (a different one is refused)
@@ -32,12 +40,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchaudio.compliance.kaldi as kaldi
+import torchaudio.functional as AF
 from pydantic import Field, model_validator
+from torch import nn
 
 from cmkd_cli.data.audio import load_audio, stable_seed
 from cmkd_cli.errors import DataError, UsageError
@@ -130,50 +141,96 @@ def crop_frames(seconds: float, cfg: FbankConfig) -> int:
     return n_frames(nominal * cfg.shift + cfg.window - cfg.shift, cfg)
 
 
-@functools.lru_cache(maxsize=4)
-def _mel_spectrogram(sample_rate: int, n_fft: int, window: int, shift: int, n_mels: int) -> Any:
-    """voxceleb_trainer's `torchaudio.transforms.MelSpectrogram`, every default spelled out."""
-    import torchaudio  # lazy: seconds to import; only the voxceleb_trainer front-end uses it
-
-    return torchaudio.transforms.MelSpectrogram(
-        sample_rate=sample_rate,
-        n_fft=n_fft,
-        win_length=window,
-        hop_length=shift,
-        f_min=0.0,
-        f_max=None,
-        n_mels=n_mels,
-        window_fn=torch.hamming_window,
-        power=2.0,
-        normalized=False,
-        center=True,
-        pad_mode="reflect",
-        norm=None,
-        mel_scale="htk",
-    )
+#: Kaldi's floor on the mel energies before the log (torchaudio: float32 machine epsilon)
+MEL_FLOOR = 1.1920928955078125e-07
 
 
-def pre_emphasis(samples: np.ndarray, coef: float = PRE_EMPHASIS) -> np.ndarray:
-    """`y[n] = x[n] - coef * x[n-1]` over the whole signal, `x[-1]` taken as the reflected
-    `x[1]` (voxceleb_trainer's PreEmphasis: reflect pad of one sample, then a 2-tap conv)."""
-    x = np.asarray(samples, dtype=np.float32)
-    y = np.empty_like(x)
-    y[1:] = x[1:] - np.float32(coef) * x[:-1]
-    y[0] = x[0] - np.float32(coef) * x[1]
-    return y
+class KaldiFbank(nn.Module):
+    """Kaldi's compute-fbank-feats: waveform `[B, N]` in [-1, 1] -> `[B, T, n_mels]`.
+
+    The steps of `torchaudio.compliance.kaldi.fbank` with cmkd's settings (snip_edges,
+    remove_dc_offset, pre-emphasis 0.97 per frame, povey window = Hann^0.85, FFT size the
+    next power of two, power spectrum, its triangular mel banks from 20 Hz to Nyquist, log
+    floored at `MEL_FLOOR`), then CMN over time when `cfg.cmn`. `noise` (`[B, T, window]`,
+    the dither draw) is added to the frames before DC removal, as Kaldi dithers.
+    """
+
+    def __init__(self, cfg: FbankConfig) -> None:
+        super().__init__()
+        self.window, self.shift, self.fft, self.cmn = cfg.window, cfg.shift, cfg.n_fft, cfg.cmn
+        self.scale, self.floor = WAVE_SCALE, MEL_FLOOR  # attributes: TorchScript reads no globals
+        mel, _ = kaldi.get_mel_banks(
+            cfg.n_mels, self.fft, float(cfg.sample_rate), 20.0, 0.0, 100.0, -500.0, 1.0
+        )
+        mel = F.pad(mel, (0, 1)).double()  # [n_mels, fft // 2 + 1]: the Nyquist bin has weight 0
+        self.register_buffer("mel", mel.T.contiguous(), persistent=False)
+        povey = torch.hann_window(cfg.window, periodic=False, dtype=torch.float64).pow(0.85)
+        self.register_buffer("povey", povey, persistent=False)
+        self.register_buffer("offsets", torch.arange(cfg.window), persistent=False)
+
+    def forward(self, wave: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+        x = wave.double() * self.scale
+        n_frames = (x.shape[-1] - self.window) // self.shift + 1
+        starts = torch.arange(n_frames, device=x.device) * self.shift
+        frames = x[:, starts[:, None] + self.offsets[None, :]]  # [B, T, window]
+        if noise is not None:
+            frames = frames + noise.double()
+        frames = frames - frames.mean(dim=-1, keepdim=True)
+        previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
+        frames = (frames - 0.97 * previous) * self.povey
+        power = torch.fft.rfft(frames, n=self.fft).abs().pow(2)
+        feats = torch.log(torch.clamp(power @ self.mel, min=self.floor))
+        if self.cmn:
+            feats = feats - feats.mean(dim=1, keepdim=True)
+        return feats.float()
 
 
-def _voxceleb_trainer_fbank(samples: np.ndarray, cfg: FbankConfig) -> torch.Tensor:
-    """`[T, n_mels]` log(mel power + 1e-6) of the pre-emphasised signal (module docstring)."""
-    mel = _mel_spectrogram(cfg.sample_rate, cfg.n_fft, cfg.window, cfg.shift, cfg.n_mels)
-    with torch.no_grad():
-        power = mel(torch.from_numpy(pre_emphasis(samples)))  # [n_mels, T]
-    return (power + LOG_FLOOR).log().T.contiguous()
+class VoxcelebTrainerFbank(nn.Module):
+    """voxceleb_trainer's ResNetSE34V2 front-end: waveform `[B, N]` -> `[B, 1 + N // hop, n_mels]`.
+
+    Whole-signal pre-emphasis (`x[-1]` the reflected `x[1]`), then what its torchaudio
+    `MelSpectrogram` computes: reflect padding of n_fft / 2 on both sides, frames every hop,
+    the periodic hamming window of `window` samples centred in n_fft, power spectrum, HTK
+    mel filters from 0 Hz to Nyquist without normalisation; then `log(x + 1e-6)` and CMN
+    when `cfg.cmn`. In float64 like `KaldiFbank`: the reference's float32 computation is off
+    by up to 1.3e-4 in quiet bins of real speech (tested), and float32 FFTs of two runtimes
+    differ by as much, which an exported graph would then not reproduce. `noise` is accepted
+    for `KaldiFbank`'s signature (this front-end has no dither).
+    """
+
+    def __init__(self, cfg: FbankConfig) -> None:
+        super().__init__()
+        self.fft, self.shift, self.cmn = cfg.n_fft, cfg.shift, cfg.cmn
+        self.coef, self.floor = PRE_EMPHASIS, LOG_FLOOR
+        left = (self.fft - cfg.window) // 2
+        window = torch.zeros(self.fft, dtype=torch.float64)
+        window[left : left + cfg.window] = torch.hamming_window(cfg.window, dtype=torch.float64)
+        self.register_buffer("hamming", window, persistent=False)
+        banks = AF.melscale_fbanks(
+            self.fft // 2 + 1, 0.0, cfg.sample_rate // 2, cfg.n_mels, cfg.sample_rate, None, "htk"
+        )
+        self.register_buffer("mel", banks.double(), persistent=False)  # [n_freqs, n_mels]
+        self.register_buffer("offsets", torch.arange(self.fft), persistent=False)
+
+    def forward(self, wave: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+        x = wave.double()
+        previous = torch.cat([x[:, 1:2], x[:, :-1]], dim=1)
+        x = x - self.coef * previous
+        half = self.fft // 2
+        x = F.pad(x[:, None], (half, half), mode="reflect")[:, 0]
+        n_frames = (x.shape[-1] - self.fft) // self.shift + 1
+        starts = torch.arange(n_frames, device=x.device) * self.shift
+        frames = x[:, starts[:, None] + self.offsets[None, :]] * self.hamming  # [B, T, n_fft]
+        power = torch.fft.rfft(frames, n=self.fft).abs().pow(2)
+        feats = torch.log(power @ self.mel + self.floor)
+        if self.cmn:
+            feats = feats - feats.mean(dim=1, keepdim=True)
+        return feats.float()
 
 
 def compute_fbank(samples: np.ndarray, cfg: FbankConfig, key: str = "") -> np.ndarray:
     """Log-mel fbank [T, n_mels] (float32) of a mono signal in [-1, 1] at cfg.sample_rate,
-    by `cfg.frontend` (module docstring).
+    by `cfg.frontend` (`fbank_module`).
 
     Dither noise (kaldi, cfg.dither > 0) is drawn from a generator seeded by `key`, so the
     same utterance gives the same features in every run. Raises DataError when the signal is
@@ -181,29 +238,43 @@ def compute_fbank(samples: np.ndarray, cfg: FbankConfig, key: str = "") -> np.nd
     """
     if len(samples) < cfg.window:
         raise DataError(f"{len(samples)} samples are fewer than one {cfg.frame_length_ms} ms frame")
-    if cfg.frontend == "voxceleb_trainer":
-        feats = _voxceleb_trainer_fbank(samples, cfg)
-    else:
-        feats = _kaldi_fbank(samples, cfg, key)
-    if cfg.cmn:
-        feats = feats - feats.mean(dim=0, keepdim=True)
-    return feats.numpy()
-
-
-def _kaldi_fbank(samples: np.ndarray, cfg: FbankConfig, key: str) -> torch.Tensor:
-    wave = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32) * WAVE_SCALE)[None]
-    kwargs: dict[str, Any] = {
-        "num_mel_bins": cfg.n_mels,
-        "frame_length": cfg.frame_length_ms,
-        "frame_shift": cfg.frame_shift_ms,
-        "sample_frequency": float(cfg.sample_rate),
-        "dither": cfg.dither,
-    }
+    wave = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None]
+    noise = None
     if cfg.dither > 0:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(stable_seed("dither", key))
-            return kaldi.fbank(wave, **kwargs)
-    return kaldi.fbank(wave, **kwargs)
+        shape = (1, n_frames(len(samples), cfg), cfg.window)
+        gen = torch.Generator().manual_seed(stable_seed("dither", key))
+        noise = torch.randn(shape, generator=gen) * cfg.dither
+    with torch.no_grad():
+        return fbank_module(cfg)(wave, noise)[0].numpy()
+
+
+def fbank_module(cfg: FbankConfig) -> nn.Module:
+    """The front-end module of `cfg` (`KaldiFbank` or `VoxcelebTrainerFbank`), built once
+    per process and setting."""
+    c = cfg
+    return _fbank_module(
+        c.frontend, c.n_mels, c.frame_length_ms, c.frame_shift_ms, c.sample_rate, c.cmn
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _fbank_module(
+    frontend: str, n_mels: int, length_ms: float, shift_ms: float, rate: int, cmn: bool
+) -> nn.Module:
+    cfg = FbankConfig(
+        frontend=frontend,
+        n_mels=n_mels,
+        frame_length_ms=length_ms,
+        frame_shift_ms=shift_ms,
+        sample_rate=rate,
+        cmn=cmn,
+    )
+    return new_fbank_module(cfg).eval()
+
+
+def new_fbank_module(cfg: FbankConfig) -> nn.Module:
+    """A fresh front-end module of `cfg` (one to put in an exported graph)."""
+    return VoxcelebTrainerFbank(cfg) if cfg.frontend == "voxceleb_trainer" else KaldiFbank(cfg)
 
 
 # ---------------------------------------------------------------- writing shards

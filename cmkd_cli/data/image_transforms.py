@@ -25,6 +25,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, UnidentifiedImageError
 from pydantic import Field, field_validator
+from torch import nn
 
 from cmkd_cli.errors import DataError, UsageError
 from cmkd_cli.schema import StrictModel
@@ -68,6 +69,38 @@ class ImageTransformConfig(StrictModel):
                 f"{self.channels}-channel images"
             )
         return mean, std
+
+
+class PixelNormalize(nn.Module):
+    """Float images `[B, C, H, W]` -> `(x * scale - mean) / std` per channel.
+
+    `scale` maps the input to [0, 1] (1 for images already there; 1 / (1000 * depth_max) for
+    depth in millimetres), `clamp` clips to [0, 1] after it, and a 1-channel input is
+    repeated to `len(mean)` channels. The last step of every image view of the datasets and
+    the image front-end `cmkd export` ships, so both normalise with the same arithmetic.
+    """
+
+    def __init__(
+        self,
+        mean: tuple[float, ...] | list[float],
+        std: tuple[float, ...] | list[float],
+        scale: float = 1.0,
+        clamp: bool = False,
+    ) -> None:
+        super().__init__()
+        self.scale, self.clamp, self.channels = float(scale), clamp, len(mean)
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if self.scale != 1.0:
+            x = x * self.scale
+        if self.clamp:
+            x = torch.clamp(x, 0.0, 1.0)
+        if x.shape[1] == 1 and self.channels > 1:
+            x = x.repeat(1, self.channels, 1, 1)
+        return (x - self.mean) / self.std
 
 
 def load_image(path: str | os.PathLike[str], channels: int = 3) -> torch.Tensor:
@@ -121,7 +154,7 @@ class ImageTransform:
 
     def __init__(self, cfg: ImageTransformConfig) -> None:
         self.cfg = cfg
-        self.mean, self.std = cfg.stats()
+        self.normalize = PixelNormalize(*cfg.stats())
 
     def draw(self, h: int, w: int, rng: np.random.Generator) -> CropParams:
         cfg = self.cfg
@@ -172,5 +205,4 @@ class ImageTransform:
         else:
             params = self.draw(images[0].shape[-2], images[0].shape[-1], rng)
             out = [self.train_one(img, params) for img in images]
-        batch = TF.to_dtype(torch.stack(out), torch.float32, scale=True)
-        return TF.normalize(batch, self.mean, self.std)
+        return self.normalize(TF.to_dtype(torch.stack(out), torch.float32, scale=True))

@@ -37,30 +37,26 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from cmkd_cli import console
 from cmkd_cli.data.audio import load_audio
 from cmkd_cli.data.datasets import DataBundle, KeyedDataset, register_dataset, stratified_subset
 from cmkd_cli.data.image_transforms import ImageTransform, ImageTransformConfig, load_image
 from cmkd_cli.data.manifest import CLASSES, MANIFEST, Record, read_classes, read_manifest, resolve
+from cmkd_cli.data.preprocess import (
+    ImageInput,
+    SpectrogramInput,
+    TextConfig,
+    TextInput,
+    load_tokens,
+)
 from cmkd_cli.data.spectrogram import SpectrogramConfig, spectrogram
 from cmkd_cli.errors import UsageError
-from cmkd_cli.hf_local import load_tokenizer, minilm_path
-from cmkd_cli.schema import StrictModel
 
 MODALITIES = ("audio", "frames", "image", "text", "label_prompt")
 #: the record field each modality reads
 SOURCE_FIELD = {"audio": "audio", "frames": "frames", "image": "image", "text": "text"}
-
-
-class TextConfig(StrictModel):
-    """Tokenisation of the `text` modality (recipe field `data.params.text`)."""
-
-    tokenizer: str | None = Field(
-        None, description="local transformers folder (default: the bundled MiniLM)"
-    )
-    max_length: int = Field(64, ge=2, description="tokens per text (padded or truncated)")
 
 
 @dataclass
@@ -75,6 +71,7 @@ class Sample:
     frames: list[Path] = field(default_factory=list)
     image: Path | None = None
     text: int | None = None  # row of the split's token tensor
+    words: str | None = None  # the text itself
 
 
 def _settings(model: type[BaseModel], value: dict[str, Any] | None, name: str) -> Any:
@@ -132,13 +129,16 @@ class Views:
         # no crop to draw (a clip no longer than the input is filled): the same every time
         return self._cached(("spec", *key), lambda: spectrogram(samples, self.audio_cfg))
 
-    def frame_stack(self, s: Sample, rng: np.random.Generator | None) -> torch.Tensor:
+    def picks(self, s: Sample, rng: np.random.Generator | None) -> list[int]:
+        """The frames a sample shows: evenly spaced for evaluation, else a sorted draw."""
         n, k = len(s.frames), self.frames
         if rng is None:
-            picks = [math.floor((i + 0.5) * n / k) for i in range(k)]
-        else:
-            picks = sorted(rng.choice(n, size=k, replace=n < k).tolist())
-        return self.image([self._decoded(s.frames[i], rng is not None) for i in picks], rng)
+            return [math.floor((i + 0.5) * n / k) for i in range(k)]
+        return sorted(rng.choice(n, size=k, replace=n < k).tolist())
+
+    def frame_stack(self, s: Sample, rng: np.random.Generator | None) -> torch.Tensor:
+        frames = [self._decoded(s.frames[i], rng is not None) for i in self.picks(s, rng)]
+        return self.image(frames, rng)
 
     def _decoded(self, path: Path, train: bool = False) -> torch.Tensor:
         img = self._cached(("image", path), lambda: load_image(path, self.channels))
@@ -186,6 +186,20 @@ class ManifestSplit(KeyedDataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def raw_input(self, index: int) -> Any:
+        """The student side of sample `index` as `cmkd_cli.load` takes it: the clip with its
+        rate, the image's path, the evaluation frames as a `[k, C, H, W]` stack, the text."""
+        s, views = self.samples[index], self.views
+        if self.student == "audio":
+            return views._samples(s), views.audio_cfg.sample_rate
+        if self.student == "image":
+            return s.image
+        if self.student == "frames":
+            return torch.stack([views._decoded(s.frames[i]) for i in views.picks(s, None)])
+        if self.student == "text":
+            return s.words
+        raise UsageError(f"a `{self.student}` student has no input of its own")
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         s = self.samples[index]
         rx, rt = self.rng(index).spawn(2)
@@ -209,25 +223,6 @@ def class_list(records: list[Record], manifest: Path, classes: str | None) -> li
         return read_classes(path)
     labels = sorted({str(r.label) for r in records if r.label is not None})
     return [(label, label) for label in labels]
-
-
-def load_tokens(texts: list[str], cfg: TextConfig) -> torch.Tensor:
-    """`[N, 2, max_length]` token ids and attention masks from a LOCAL tokenizer folder."""
-    path = Path(cfg.tokenizer).expanduser() if cfg.tokenizer else minilm_path()
-    try:
-        tok = load_tokenizer(path)
-    except (OSError, ValueError) as exc:
-        raise UsageError(
-            f"data.params.text.tokenizer: cannot load a tokenizer from {path} ({exc})"
-        ) from None
-    enc = tok(
-        texts,
-        padding="max_length",
-        truncation=True,
-        max_length=cfg.max_length,
-        return_tensors="pt",
-    )
-    return torch.stack([enc["input_ids"], enc["attention_mask"]], dim=1).long()
 
 
 def _sample(r: Record, manifest: Path, label: int) -> Sample:
@@ -343,8 +338,8 @@ def manifest_dataset(
         for r in recs:
             s = _sample(r, path, index[str(r.label)])
             if "text" in used:
-                s.text = len(all_texts)
-                all_texts.append(r.text or "")
+                s.text, s.words = len(all_texts), r.text or ""
+                all_texts.append(s.words)
             splits[key].append(s)
     tokens = load_tokens(all_texts, text_cfg) if "text" in used else None
     views = Views(audio_cfg, image_cfg, frames, tokens, cache)
@@ -376,4 +371,20 @@ def manifest_dataset(
             "dropped": dict(dropped),
         },
         teacher_static=static,
+        student_input=_student_input(student_modality, audio_cfg, image_cfg, frames, text_cfg),
     )
+
+
+def _student_input(
+    modality: str,
+    audio: SpectrogramConfig,
+    image: ImageTransformConfig,
+    frames: int,
+    text: TextConfig,
+) -> SpectrogramInput | ImageInput | TextInput | None:
+    """The evaluation preprocessing of the student's modality (None: `label_prompt`)."""
+    if modality == "audio":
+        return SpectrogramInput(audio=audio)
+    if modality in ("image", "frames"):
+        return ImageInput(image=image, frames=frames if modality == "frames" else 0)
+    return TextInput(text=text) if modality == "text" else None

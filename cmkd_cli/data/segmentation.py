@@ -37,13 +37,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
-from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode
 
 from cmkd_cli import console
 from cmkd_cli.data.datasets import DataBundle, KeyedDataset, register_dataset
-from cmkd_cli.data.image_transforms import IMAGENET_MEAN, IMAGENET_STD
 from cmkd_cli.data.manifest import MANIFEST, read_classes, read_manifest, resolve
+from cmkd_cli.data.preprocess import SceneInput, decode_pixels, view_normalizer, view_pixels
 from cmkd_cli.errors import DataError, UsageError
 
 MODALITIES = ("rgb", "depth")
@@ -67,30 +66,11 @@ class Augment:
     hflip: float
 
 
-def _decode(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            return np.array(img)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable image ({exc})") from None
-
-
-def _standardise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    return TF.normalize(x, list(mean), list(std))
-
-
 def load_view(scene: Scene, modality: str, depth_max: float, depth_channels: int) -> torch.Tensor:
     """One modality of `scene` as a normalised float `[C, H, W]` (see the module docstring)."""
-    if modality == "rgb":
-        rgb = torch.from_numpy(_decode(scene.rgb)).permute(2, 0, 1).float() / 255
-        return _standardise(rgb, IMAGENET_MEAN, IMAGENET_STD)
-    pixels = _decode(scene.depth)
-    if scene.encoding == "mm16":
-        x = torch.from_numpy(pixels.astype(np.float32) / 1000 / depth_max).clamp(0, 1)[None]
-        x = x.repeat(depth_channels, 1, 1)
-    else:
-        x = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
-    return _standardise(x, (0.5,) * len(x), (0.5,) * len(x))
+    pixels = decode_pixels(scene.rgb if modality == "rgb" else scene.depth)
+    norm = view_normalizer(modality, scene.encoding, depth_max, depth_channels)
+    return norm(view_pixels(pixels, modality, scene.encoding)[None])[0]
 
 
 def augment(
@@ -134,13 +114,18 @@ class SegmentationSplit(KeyedDataset):
     def __len__(self) -> int:
         return len(self.scenes)
 
+    def raw_input(self, index: int) -> Path:
+        """The student view's PNG."""
+        scene = self.scenes[index]
+        return scene.rgb if self.student == "rgb" else scene.depth
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         scene = self.scenes[index]
         views = [
             load_view(scene, m, self.depth_max, self.depth_channels)
             for m in (self.student, self.teacher)
         ]
-        label = torch.from_numpy(_decode(scene.label).astype(np.int64))
+        label = torch.from_numpy(decode_pixels(scene.label).astype(np.int64))
         if any(v.shape[-2:] != label.shape for v in views):
             raise DataError(f"sample {scene.id}: its RGB, depth and label maps differ in size")
         if self.augment is not None:
@@ -253,4 +238,10 @@ def nyu_dataset(
             "depth_channels": channels,
         },
         teacher_static=not augment,
+        student_input=SceneInput(
+            modality=student_modality,
+            encoding=encoding,
+            depth_max=depth_max,
+            depth_channels=channels,
+        ),
     )

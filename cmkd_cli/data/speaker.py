@@ -23,6 +23,7 @@ from cmkd_cli.data.datasets import DataBundle, KeyedDataset, keyed_rng, register
 from cmkd_cli.data.fbank import FRONTENDS, FbankConfig, FbankStore
 from cmkd_cli.data.fbank import crop_frames as frames_of_crop
 from cmkd_cli.data.manifest import Record, read_manifest, resolve
+from cmkd_cli.data.preprocess import FbankInput, evenly_spaced_crops
 from cmkd_cli.data.samplers import MAX_PER_CLASS, ClassPairBatchSampler
 from cmkd_cli.errors import DataError, UsageError
 from cmkd_cli.metrics.trials import Trials, read_trials
@@ -31,17 +32,6 @@ from cmkd_cli.metrics.trials import Trials, read_trials
 def utterance_key(name: str) -> str:
     """A trial-list utterance (`id10270/x6u/00001.wav`) as a manifest id (no extension)."""
     return name.rsplit(".", 1)[0] if name.endswith((".wav", ".flac", ".m4a")) else name
-
-
-def evenly_spaced_crops(feats: np.ndarray, n_frames: int, k: int) -> np.ndarray:
-    """`[k, n_frames, F]`: k crops at evenly spaced starts; a short utterance is wrap-padded
-    to `n_frames` first (voxceleb_trainer's `loadWAV(evalmode=True)`)."""
-    total = len(feats)
-    if total < n_frames:
-        feats = feats[np.arange(n_frames) % total]
-        total = n_frames
-    starts = np.linspace(0, total - n_frames, num=k).astype(np.int64)
-    return np.stack([feats[s : s + n_frames] for s in starts]).astype(np.float32)
 
 
 def load_face(path: Path) -> torch.Tensor:
@@ -107,14 +97,28 @@ class SpeakerEval(KeyedDataset):
     """The utterances of a trial list, in its order, as `[K, T, F]` evenly spaced crops."""
 
     def __init__(
-        self, trials: Trials, ids: list[str], store: FbankStore, crop_frames: int, crops: int
+        self,
+        trials: Trials,
+        ids: list[str],
+        store: FbankStore,
+        crop_frames: int,
+        crops: int,
+        manifest: str | None = None,
     ) -> None:
         super().__init__()
         self.trials, self.ids, self.store = trials, ids, store
-        self.crop_frames, self.crops = crop_frames, crops
+        self.crop_frames, self.crops, self.manifest = crop_frames, crops, manifest
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def raw_input(self, index: int) -> Path:
+        """The utterance's audio file, from the manifest."""
+        uid = self.ids[index]
+        record = next((r for r in read_manifest(self.manifest) if r.id == uid and r.audio), None)
+        if record is None:
+            raise DataError(f"utterance {uid} has no audio in the manifest {self.manifest}")
+        return resolve(self.manifest, record.audio)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         x = evenly_spaced_crops(
@@ -207,7 +211,7 @@ def _eval_split(
         records = [r for r in read_manifest(manifest) if r.id in store and split in (None, r.split)]
         t = generated_trials(records, seed, max_trials)
         ids = t.utterances
-    return SpeakerEval(t, ids, store, frames_of_crop(seconds, store.config), crops)
+    return SpeakerEval(t, ids, store, frames_of_crop(seconds, store.config), crops, manifest)
 
 
 def _keep_fraction(records: list[Record], fraction: float, seed: int) -> list[Record]:
@@ -258,8 +262,9 @@ def speaker(
 
     `frontend` (kaldi | voxceleb_trainer) is the front-end every store must have been made
     with (null: the training store's; the validation and test stores must match it). The
-    crop lengths follow it (`fbank.crop_frames`), and checkpoints record it (`data_spec`
-    `features`) so `eval` computes the same features from audio. `max_seg_per_spk` and
+    crop lengths follow it (`fbank.crop_frames`), and checkpoints and student.pt record it
+    with the evaluation crops (`student_input`, a `preprocess.FbankInput`), so `eval` and
+    the Python API compute the same features from audio. `max_seg_per_spk` and
     `duplicate_speaker` are the batch sampler's cap and policy (`ClassPairBatchSampler`;
     defaults as voxceleb_trainer: 500, drop).
     """
@@ -285,6 +290,7 @@ def speaker(
     if fraction < 1:
         records = _keep_fraction(records, fraction, seed)
     speakers = {s: i for i, s in enumerate(sorted({r.speaker for r in records}))}
+    evaluation = FbankInput(fbank=features, crops=eval_crops, crop_seconds=eval_seconds)
     train = SpeakerTrain(
         records,
         Path(train_manifest),
@@ -328,7 +334,7 @@ def speaker(
         num_classes=len(speakers),
         class_names=sorted(speakers),
         teacher_static=True,
-        features=features.model_dump(),
+        student_input=evaluation,
         info={
             "train": len(train),
             "speakers": len(speakers),

@@ -10,17 +10,18 @@ The waveform is first brought to exactly the `n_samples` that `length` frames ne
 longer clip is cropped (at a random offset when augmenting, else its centre), a shorter one
 is repeated (as OGM-GE/PMR tile CREMA-D clips) or zero padded. Then `log(|STFT| + eps)`
 with a periodic Hann window, as librosa's `stft` + `np.log(abs(.) + 1e-7)` in those
-references.
+references. `LogSpectrogram` does both in one graph, the same one `cmkd export` ships.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Literal
+from typing import Literal, Optional
 
 import numpy as np
 import torch
 from pydantic import Field, model_validator
+from torch import nn
 
 from cmkd_cli.schema import StrictModel
 
@@ -57,55 +58,87 @@ class SpectrogramConfig(StrictModel):
         return self.window + (self.length - 1) * self.hop
 
 
+def fit_indices(
+    have: torch.Tensor,
+    n: int,
+    repeat: bool,
+    offset: Optional[torch.Tensor] = None,  # noqa: UP045
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices `[n]` into a signal of `have` (>= 1) samples that fit it to exactly `n`, and
+    the mask `[n]` of those that hold a sample (False: zero padding).
+
+    Longer: the window at `offset` (default: the centre, `(have - n) // 2`). Shorter: tiled
+    from the start (`repeat`) or zero padded at the end. Index arithmetic on a 0-dim `have`
+    (no branch on the length), so TorchScript and ONNX graphs hold it for any length.
+    """
+    extra = torch.clamp(have - n, min=0)
+    start = extra // 2 if offset is None else offset
+    idx = start + torch.arange(n, device=have.device)
+    if repeat:
+        return idx % have, torch.ones_like(idx, dtype=torch.bool)
+    return torch.clamp(idx, max=have - 1), idx < have
+
+
 def fit_length(
     samples: np.ndarray, n: int, pad: str = "repeat", rng: np.random.Generator | None = None
 ) -> np.ndarray:
-    """`samples` cropped or filled to exactly `n` samples.
+    """`samples` cropped or filled to exactly `n` samples (`fit_indices`).
 
     Longer: a window at a random offset drawn from `rng`, or the centre when `rng` is None.
     Shorter: tiled (`repeat`) or zero padded at the end (`zeros`); an empty signal is zeros.
     """
     samples = np.asarray(samples, dtype=np.float32)
     have = len(samples)
-    if have > n:
-        extra = have - n
-        offset = int(rng.integers(0, extra + 1)) if rng is not None else extra // 2
-        return samples[offset : offset + n]
-    if have == n:
-        return samples
-    if pad == "repeat" and have > 0:
-        return np.tile(samples, -(-n // have))[:n]
-    out = np.zeros(n, dtype=np.float32)
-    out[:have] = samples
-    return out
+    if have == 0:
+        return np.zeros(n, dtype=np.float32)
+    offset = None
+    if rng is not None and have > n:
+        offset = torch.tensor(int(rng.integers(0, have - n + 1)))
+    idx, valid = fit_indices(torch.tensor(have), n, pad == "repeat", offset)
+    return np.where(valid.numpy(), samples[idx.numpy()], np.float32(0))
+
+
+class LogSpectrogram(nn.Module):
+    """`log(|STFT| + eps)` of clips `[B, N]` (any N >= 1) -> `[B, n_freq, length]` float32.
+
+    Each clip is first fitted to `cfg.n_samples` (`fit_indices`: its centre, or `offset`);
+    periodic Hann window, no centre padding, FFT size = window (librosa's `stft` with
+    `center=False`, as the references). Computed in float64 so that eager and exported
+    graphs (`cmkd export`) agree to float32 rounding even in near-silent bins.
+    """
+
+    def __init__(self, cfg: SpectrogramConfig) -> None:
+        super().__init__()
+        self.n, self.window, self.hop = cfg.n_samples, cfg.window, cfg.hop
+        self.length, self.repeat, self.eps = cfg.length, cfg.pad == "repeat", cfg.eps
+        hann = torch.hann_window(cfg.window, periodic=True, dtype=torch.float64)
+        self.register_buffer("hann", hann, persistent=False)
+        self.register_buffer("offsets", torch.arange(cfg.window), persistent=False)
+
+    def forward(self, wave: torch.Tensor, offset: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+        have = torch.scalar_tensor(wave.shape[-1], dtype=torch.long, device=wave.device)
+        idx, valid = fit_indices(have, self.n, self.repeat, offset)
+        x = wave.double()[:, idx] * valid.double()
+        starts = torch.arange(self.length, device=x.device) * self.hop
+        frames = x[:, starts[:, None] + self.offsets[None, :]] * self.hann  # [B, T, window]
+        magnitude = torch.fft.rfft(frames, n=self.window).abs()
+        return torch.log(magnitude + self.eps).transpose(1, 2).float()
 
 
 @functools.lru_cache(maxsize=8)
-def _hann(n: int) -> torch.Tensor:
-    """The periodic Hann window, built once per size (read-only for torch.stft)."""
-    return torch.hann_window(n)
-
-
-def log_spectrogram(samples: np.ndarray, cfg: SpectrogramConfig) -> torch.Tensor:
-    """`log(|STFT| + eps)` of a mono signal, `[n_freq, frames]` float32 (no centre padding).
-
-    The signal must hold at least one window; `spectrogram` fits it to `cfg.n_samples` first.
-    """
-    wave = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
-    stft = torch.stft(
-        wave,
-        n_fft=cfg.window,
-        hop_length=cfg.hop,
-        win_length=cfg.window,
-        window=_hann(cfg.window),
-        center=False,
-        return_complex=True,
-    )
-    return torch.log(stft.abs() + cfg.eps)
+def _module(cfg_json: str) -> LogSpectrogram:
+    return LogSpectrogram(SpectrogramConfig.model_validate_json(cfg_json)).eval()
 
 
 def spectrogram(
     samples: np.ndarray, cfg: SpectrogramConfig, rng: np.random.Generator | None = None
 ) -> torch.Tensor:
     """The fixed-size `[n_freq, length]` input of one clip (random crop when `rng` is given)."""
-    return log_spectrogram(fit_length(samples, cfg.n_samples, cfg.pad, rng), cfg)
+    samples = np.asarray(samples, dtype=np.float32)
+    if len(samples) == 0:
+        samples = np.zeros(1, dtype=np.float32)  # an empty clip: silence (zeros or tiled)
+    offset = None
+    if rng is not None and len(samples) > cfg.n_samples:
+        offset = torch.tensor(int(rng.integers(0, len(samples) - cfg.n_samples + 1)))
+    with torch.no_grad():
+        return _module(cfg.model_dump_json())(torch.from_numpy(samples)[None], offset)[0]

@@ -1,9 +1,11 @@
 """Checkpoints: written atomically, read with `torch.load(weights_only=True)`.
 
-Each holds the student, the method's own modules, optimiser, scheduler, AMP scaler,
-epoch, step, RNG states (python, numpy, torch, cuda) and the recipe. A frozen teacher is
-referenced by its source, not copied. `best.pt` leaves out a method's
-`training_only_state` (memory banks); `last.pt` keeps everything.
+`last.pt`, the resumable one, holds the student, the method's own modules, optimiser,
+scheduler, AMP scaler, epoch, step, RNG states (python, numpy, torch, cuda) and the recipe.
+A frozen teacher is referenced by its source, not copied. `best.pt` and the epoch snapshots
+(`train.keep_last`) hold what evaluation needs (`evaluation_state`): no optimiser,
+scheduler, scaler or RNG state and no `training_only_state` of the method (memory banks).
+The student alone, with its preprocessing, is `student.pt` (`cmkd_cli.student.package`).
 """
 
 from __future__ import annotations
@@ -63,9 +65,28 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise RunError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from None
 
 
-def load_student_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The student's state dict and the recipe stored in a run checkpoint."""
-    ckpt = load_checkpoint(path)
-    if "student" not in ckpt:
-        raise RunError(f"checkpoint {path} holds no `student` weights")
-    return ckpt["student"], ckpt.get("recipe", {})
+#: what only resuming needs; evaluation checkpoints leave it out
+RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng")
+EPOCHS_DIR = "epochs"
+
+
+def evaluation_state(state: dict[str, Any], method_state: dict[str, Any]) -> dict[str, Any]:
+    """`state` (a `last.pt`) without `RESUME_ONLY`, with the method's evaluation state."""
+    lean = {k: v for k, v in state.items() if k not in RESUME_ONLY}
+    lean["method"] = method_state
+    return lean
+
+
+def epoch_snapshots(run_dir: str | Path) -> list[Path]:
+    """RUN/epochs/epoch-NNNN.pt, oldest first."""
+    return sorted((Path(run_dir) / EPOCHS_DIR).glob("epoch-[0-9][0-9][0-9][0-9].pt"))
+
+
+def save_epoch_snapshot(run_dir: str | Path, state: dict[str, Any], keep: int) -> Path:
+    """Write RUN/epochs/epoch-NNNN.pt (1-based epoch) and delete all but the last `keep`
+    (wespeaker's `avg_model` input: `cmkd average`)."""
+    path = Path(run_dir) / EPOCHS_DIR / f"epoch-{state['epoch'] + 1:04d}.pt"
+    save_checkpoint(path, state)
+    for old in epoch_snapshots(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path

@@ -1,8 +1,9 @@
 """The one training loop for every method and task (after torchvision's references).
 
 Device-agnostic; AMP (bf16/fp16) on CUDA only; gradient accumulation and clipping; DDP
-under torchrun; `last.pt` every epoch and `best.pt` on the validation metric; resumable to
-bit-identical weights on CPU; a NaN/Inf loss stops the run naming the step and the term.
+under torchrun; `last.pt` every epoch (resumable to bit-identical weights on CPU), `best.pt`
+and `student.pt` on the validation metric, `epochs/epoch-NNNN.pt` for the last
+`train.keep_last` epochs; a NaN/Inf loss stops the run naming the step and the term.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from cmkd_cli import console
 from cmkd_cli.config import dump_recipe
-from cmkd_cli.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from cmkd_cli.engine.checkpoint import (
+    capture_rng,
+    evaluation_state,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+    save_epoch_snapshot,
+)
 from cmkd_cli.engine.distributed import DistInfo, to_device
 from cmkd_cli.engine.logging import MetricsLogger
 from cmkd_cli.engine.optim import build_optimizer, build_scheduler
@@ -30,6 +38,7 @@ from cmkd_cli.io import atomic_write_json, atomic_write_text, default_cache_dir
 from cmkd_cli.methods.base import Method
 from cmkd_cli.progress import track
 from cmkd_cli.schema import Recipe
+from cmkd_cli.student.package import STUDENT_FILE, student_package, write_student
 from cmkd_cli.tasks import check_metric
 
 #: off a TTY, a long epoch prints a progress line at most this often (seconds)
@@ -494,20 +503,28 @@ def checkpoint_state(trainer: Trainer, state: FitState) -> dict[str, Any]:
 
 
 def save(trainer: Trainer, state: FitState, is_best: bool) -> None:
-    """`last.pt` after every `train.save_every` epochs and the last; `best.pt` when the
-    validation metric improved."""
+    """`last.pt` (resumable) after every `train.save_every` epochs and the last; `best.pt`
+    (what evaluation needs: no optimiser or RNG state, no training-only memories) and
+    `student.pt` when the validation metric improved; the epoch snapshot each epoch when
+    `train.keep_last` is set."""
     train = trainer.recipe.train
     due = (state.epoch + 1) % train.save_every == 0 or state.epoch + 1 == train.epochs
-    if not trainer.dist.is_main or not (due or is_best):
+    if not trainer.dist.is_main or not (due or is_best or train.keep_last):
         return
     ckpt = checkpoint_state(trainer, state)
     if due:
         save_checkpoint(trainer.last_path, ckpt)
-    if is_best and trainer.best_weights_only:
-        save_checkpoint(trainer.best_path, {k: ckpt[k] for k in BEST_WEIGHTS_ONLY})
-    elif is_best:  # without the memories only training needs (method docstrings)
-        ckpt["method"] = trainer.method.checkpoint_state(resumable=False)
-        save_checkpoint(trainer.best_path, ckpt)
+    if trainer.best_weights_only:  # a teacher: its weights and the run's bookkeeping
+        lean = {k: ckpt[k] for k in BEST_WEIGHTS_ONLY}
+    else:  # what evaluation needs (the method docstrings say what only training needs)
+        lean = evaluation_state(ckpt, trainer.method.checkpoint_state(resumable=False))
+    if is_best:
+        save_checkpoint(trainer.best_path, lean)
+        if trainer.input_key == "x" and trainer.data.student_input is not None:
+            package = student_package(lean, str(trainer.best_path))
+            write_student(trainer.run_dir / STUDENT_FILE, package)
+    if train.keep_last:
+        save_epoch_snapshot(trainer.run_dir, lean, train.keep_last)
 
 
 def finish(trainer: Trainer, state: FitState, wall_so_far: float) -> FitResult:

@@ -9,17 +9,18 @@ read with forward hooks by module path (see `cmkd_cli.models.taps`), so no model
 rewritten for a method.
 """
 
-from __future__ import annotations
-
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
 
 
 class ModelOutput(NamedTuple):
+    """Spelled with `Optional` and without postponed annotations so that TorchScript can
+    compile it (`torch.jit.script` reads these annotations at run time)."""
+
     embedding: torch.Tensor
-    logits: torch.Tensor | None
+    logits: Optional[torch.Tensor]  # noqa: UP045 - TorchScript does not read `X | None`
 
 
 class Classifier(nn.Module):
@@ -34,8 +35,9 @@ class Classifier(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
 
-    def forward_head(self, embedding: torch.Tensor) -> torch.Tensor | None:
-        return self.head(embedding) if self.head is not None else None
+    def forward_head(self, embedding: torch.Tensor) -> Optional[torch.Tensor]:  # noqa: UP045
+        head = self.head
+        return head(embedding) if head is not None else None
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         emb = self.forward_features(x)

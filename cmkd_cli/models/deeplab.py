@@ -51,11 +51,15 @@ WIDTH = 256
 LOW_LEVEL_WIDTH = 48
 
 
-def upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """`x` `[B, C, h, w]` resized bilinearly to `size` (no-op when it already has it)."""
-    if tuple(x.shape[-2:]) == tuple(size):
+def upsample(x: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """`x` `[B, C, h, w]` resized bilinearly to `size` (no-op when it already has it).
+
+    `size` is any sequence of two ints (a `torch.Size` too); typed `list[int]` for TorchScript.
+    """
+    size = [int(s) for s in size]
+    if list(x.shape[-2:]) == size:
         return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def conv_bn_relu(c_in: int, c_out: int, kernel: int) -> nn.Sequential:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from torch import nn
@@ -20,3 +21,16 @@ def create_model(
     params = dict(params or {})
     check_kwargs(builder, params, field=f"{field}.params")
     return builder(num_classes=num_classes, **params)
+
+
+def model_params(
+    name: str, params: dict[str, Any], class_names: list[str], field: str = "model"
+) -> dict[str, Any]:
+    """A builder's parameters, checked; `class_names` is filled in when the builder takes it
+    (the prompt teacher embeds the class names)."""
+    params = dict(params)
+    builder = MODELS.get(name, field=f"{field}.name")
+    check_kwargs(builder, params, field=f"{field}.params")
+    if "class_names" in inspect.signature(builder).parameters:
+        params.setdefault("class_names", list(class_names))
+    return params

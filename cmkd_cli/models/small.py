@@ -6,6 +6,8 @@ single-process run without SyncBN; `batch` and `none` are the alternatives.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import nn
 
@@ -78,21 +80,23 @@ def digits_cnn(
     )
 
 
-class MLP(nn.Module):
-    """`block{i}` = Linear-norm-ReLU-dropout for each hidden size; input flattened to `[B, -1]`."""
+class MLP(nn.Sequential):
+    """`block{i}` = Linear-norm-ReLU-dropout for each hidden size; input flattened to `[B, -1]`.
+
+    A `Sequential` of the named blocks, so TorchScript can compile the loop over them.
+    """
 
     def __init__(self, in_dim: int, hidden: list[int], norm: str, dropout: float) -> None:
-        super().__init__()
-        self.in_dim = in_dim
-        self.num_blocks = len(hidden)
+        blocks = OrderedDict()
         for i, (d_in, d_out) in enumerate(zip([in_dim, *hidden[:-1]], hidden, strict=True), 1):
-            block = nn.Sequential(
+            blocks[f"block{i}"] = nn.Sequential(
                 nn.Linear(d_in, d_out),
                 make_norm(norm, d_out, spatial=False),
                 nn.ReLU(inplace=True),
                 nn.Dropout(dropout),
             )
-            self.add_module(f"block{i}", block)
+        super().__init__(blocks)
+        self.in_dim = in_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
@@ -101,8 +105,8 @@ class MLP(nn.Module):
                 f"mlp input has {x.shape[1]} features per sample but model.params.in_dim is "
                 f"{self.in_dim}"
             )
-        for i in range(1, self.num_blocks + 1):
-            x = getattr(self, f"block{i}")(x)
+        for block in self:
+            x = block(x)
         return x
 
 

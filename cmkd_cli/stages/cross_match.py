@@ -25,19 +25,21 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 
 from cmkd_cli.data.datasets import build_data, keyed_rng
-from cmkd_cli.data.fbank import FbankConfig
 from cmkd_cli.data.manifest import read_manifest, resolve
 from cmkd_cli.data.speaker import load_face
 from cmkd_cli.engine.distributed import select_device
 from cmkd_cli.errors import UsageError
+from cmkd_cli.metrics.trials import utterance_vectors
 from cmkd_cli.progress import track
-from cmkd_cli.stages.evaluate import embed_utterances, student_features, utterance_fbanks
+from cmkd_cli.stages.evaluate import embed_utterances, utterance_fbanks
 from cmkd_cli.stages.experiment import method_from_checkpoint
 from cmkd_cli.stages.options import EmbedOptions
+from cmkd_cli.student.api import Student
+from cmkd_cli.student.package import read_student
 
 
 class CrossMatchOptions(EmbedOptions):
-    checkpoint: Path = Field(description="a run's best.pt")
+    checkpoint: Path = Field(description="a run's best.pt (the method's heads too)")
     manifest: Path | None = Field(None, description="manifest with audio and aligned faces")
     fbank: Path | None = Field(None, description="fbank store of the utterances")
     triplets: int = Field(10000, description="triplets per protocol")
@@ -103,18 +105,15 @@ def draw_triplets(
 @torch.no_grad()
 def speaker_embeddings(
     method: Any,
+    student: Student,
     manifest: Path,
     fbank: Path | None,
-    device: torch.device,
     batch_size: int,
-    crops: int = 10,
-    crop_seconds: float = 4.0,
-    features: Any = None,
     split: str = "all",
 ) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:
-    """Per record of `split` (`all`: every record): the student's audio embedding and the
-    teacher's face embedding, both in the method's shared space; `features` is the
-    student's FbankConfig (default: Kaldi)."""
+    """Per record of `split` (`all`: every record): the student's audio embedding
+    (`Student.embed`'s: the mean of the normalised crop embeddings, with the student's own
+    features and crops) and the teacher's face embedding, both in the method's shared space."""
     records = [r for r in read_manifest(manifest) if r.audio and getattr(r, "faces", None)]
     if not records:
         raise UsageError(
@@ -128,14 +127,10 @@ def speaker_embeddings(
             f"--split {split}: no record of {manifest} with faces is in that split "
             f"(its splits: {', '.join(splits)}; `all` for every record)"
         )
-    cfg = features or FbankConfig()
-    feats = utterance_fbanks(manifest, fbank, cfg, None, None)
+    feats = utterance_fbanks(student, manifest, fbank, None, None)
     ids = [r.id for r in records]
-    audio = embed_utterances(
-        method.student, ids, feats, device, crops, crop_seconds, batch_size, cfg
-    )
-    audio = F.normalize(audio, dim=-1).mean(1)  # mean of the normalised crop embeddings
-    faces = []
+    audio = utterance_vectors(embed_utterances(student, ids, feats, batch_size))
+    faces, device = [], student.device
     for i in track(range(0, len(records), 32), description="embedding faces"):
         x = torch.stack([load_face(resolve(manifest, r.faces[0])) for r in records[i : i + 32]])
         faces.append(method.teacher(x.to(device)).embedding.float())
@@ -190,11 +185,9 @@ def run(options: CrossMatchOptions) -> CrossMatchResult:
     else:
         if manifest is None:
             raise UsageError("--manifest is required for speaker checkpoints (audio + faces)")
-
-        features = student_features(recipe.model_dump(mode="json"), {})
-        s, t, records = speaker_embeddings(
-            method, manifest, o.fbank, dev, o.batch_size, o.crops, o.crop_seconds, features, split
-        )
+        student = Student(read_student(checkpoint), dev, model=method.student)
+        student.with_crops(o.crops, o.crop_seconds)
+        s, t, records = speaker_embeddings(method, student, manifest, o.fbank, o.batch_size, split)
         available = len(records)
         trip = draw_triplets(
             [r.speaker or "" for r in records],

@@ -1,10 +1,13 @@
 """`cmkd eval`: evaluate a trained student without its teacher.
 
-Speaker checkpoints: embed every unique utterance of a trial list once (ten 4 s crops,
-wrap-padded), score trials by the mean over the 10x10 crop pairs, report EER and minDCF
-(P_target 0.01, C_miss = C_fa = 1), optionally after mixing MUSAN noise into every test
-utterance at a given SNR (paper A Eq. 13, seeded per utterance so both sides of a trial
-are reproducible). Classification checkpoints: accuracy on the recipe's test split.
+Speaker checkpoints (a run's best.pt or a student.pt): embed every unique utterance of a
+trial list once with the student's stored crop policy (paper A: ten 4 s crops,
+wrap-padded) through `Student.crop_embeddings`, the code path of the Python API, score
+trials by the mean over the 10x10 crop pairs (`score_trials`), report EER and minDCF
+(P_target 0.01, C_miss = C_fa = 1) and, with `--scores-out`, write every trial's score;
+optionally after mixing MUSAN noise into every test utterance at a given SNR (paper A
+Eq. 13, seeded per utterance so both sides of a trial are reproducible). Classification
+checkpoints: accuracy on the recipe's test split (read from the stored recipe).
 Segmentation checkpoints: mIoU, pixel accuracy and the IoU of each class (`per_class`, null
 for a class absent from both predictions and labels) on the test split at full resolution.
 """
@@ -15,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from pydantic import BaseModel, Field
 from rich.table import Table
@@ -24,22 +26,20 @@ from cmkd_cli import console
 from cmkd_cli.config import validate_recipe
 from cmkd_cli.data.audio import load_audio
 from cmkd_cli.data.datasets import build_data
-from cmkd_cli.data.fbank import FbankConfig, FbankStore, compute_fbank, crop_frames
+from cmkd_cli.data.fbank import FbankStore
 from cmkd_cli.data.manifest import read_manifest, resolve
 from cmkd_cli.data.noise import NoiseBank
-from cmkd_cli.data.speaker import evenly_spaced_crops, open_store, utterance_key
-from cmkd_cli.engine.checkpoint import load_checkpoint
-from cmkd_cli.engine.distributed import init_distributed, select_device
+from cmkd_cli.data.speaker import open_store, utterance_key
+from cmkd_cli.engine.distributed import init_distributed
 from cmkd_cli.engine.loop import make_loaders
 from cmkd_cli.errors import DataError, UsageError
 from cmkd_cli.metrics.plots import plot_det
-from cmkd_cli.metrics.trials import Scoring, Trials, read_trials, score_trials
+from cmkd_cli.metrics.trials import Scoring, Trials, read_trials, score_trials, write_scores
 from cmkd_cli.metrics.verification import compute_eer, compute_min_dcf, det_curve
-from cmkd_cli.models.registry import create_model
 from cmkd_cli.progress import track
 from cmkd_cli.stages.options import EmbedOptions
+from cmkd_cli.student.api import Student, load
 from cmkd_cli.tasks import build_task
-from cmkd_cli.tasks.speaker import scoring
 
 #: standard trial lists: name -> (original file, cleaned file)
 TRIAL_LISTS = {
@@ -53,7 +53,7 @@ TRIAL_LISTS = {
 class EvalOptions(EmbedOptions):
     """`cmkd eval` and `cmkd noise-test` (which asks for several `snrs`)."""
 
-    checkpoint: Path = Field(description="a run's best.pt/last.pt")
+    checkpoint: Path = Field(description="student.pt or a run's best.pt/last.pt")
     trials: list[str] = Field(default_factory=list, description="trial list names or files")
     manifest: Path | None = Field(None, description="manifest of the test utterances")
     fbank: Path | None = Field(None, description="fbank store of the test utterances")
@@ -66,6 +66,7 @@ class EvalOptions(EmbedOptions):
     p_target: float | None = Field(None, description="minDCF P_target (None: the checkpoint's)")
     c_miss: float | None = Field(None, description="minDCF C_miss (None: the checkpoint's)")
     c_fa: float | None = Field(None, description="minDCF C_fa (None: the checkpoint's)")
+    scores_out: Path | None = Field(None, description="write every trial's score here")
 
 
 class TrialResult(BaseModel):
@@ -79,6 +80,7 @@ class TrialResult(BaseModel):
     min_dcf: float
     scoring: Scoring = Scoring()
     det_png: str | None = None
+    scores: str | None = None
 
 
 class EvalResult(BaseModel):
@@ -87,25 +89,6 @@ class EvalResult(BaseModel):
     results: list[TrialResult] = []
     metrics: dict[str, float] = {}
     per_class: dict[str, float | None] = {}
-
-
-def load_student(
-    checkpoint: Path, device: torch.device
-) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
-    """The student of a run checkpoint (best.pt/last.pt), rebuilt from its stored recipe
-    (without its `pretrained` initial weights, which the checkpoint replaces anyway), with
-    that recipe and the checkpoint's `data_spec`."""
-    ckpt = load_checkpoint(checkpoint)
-    recipe = ckpt.get("recipe") or {}
-    if "student" not in ckpt or "student" not in recipe:
-        raise UsageError(f"{checkpoint} is not a cmkd run checkpoint (no student or recipe)")
-    spec = ckpt.get("data_spec") or {}
-    params = {k: v for k, v in recipe["student"]["params"].items() if k != "pretrained"}
-    model = create_model(
-        recipe["student"]["name"], spec.get("num_classes"), params, field="student"
-    )
-    model.load_state_dict(ckpt["student"])
-    return model.to(device).eval(), recipe, spec
 
 
 def resolve_trials(name: str, lists: Path | None, manifest: Path, original: bool) -> Path:
@@ -126,65 +109,51 @@ def resolve_trials(name: str, lists: Path | None, manifest: Path, original: bool
 
 
 def utterance_fbanks(
-    manifest: Path, fbank: Path | None, cfg: FbankConfig, noise: Any, snr: float | None
-) -> Callable[[str], np.ndarray]:
-    """id -> fbank frames: from the store when clean, else decoded (and noised) audio."""
+    student: Student, manifest: Path, fbank: Path | None, noise: Any, snr: float | None
+) -> Callable[[str], Any]:
+    """id -> fbank frames: from the store when clean, else the manifest's audio through the
+    student's own front-end (`Student.features`), noised first when `snr` is given."""
     if fbank is not None and snr is None:
         store = FbankStore(fbank)
-        return lambda uid: np.asarray(store[uid], dtype=np.float32)
+        return lambda uid: store[uid]
     audio = {r.id: resolve(manifest, r.audio) for r in read_manifest(manifest) if r.audio}
+    rate = student.input.sample_rate
 
-    def compute(uid: str) -> np.ndarray:
+    def compute(uid: str) -> Any:
         if uid not in audio:
             raise DataError(f"utterance {uid} is not in the manifest {manifest}")
-        wave, _ = load_audio(audio[uid], cfg.sample_rate)
+        wave, _ = load_audio(audio[uid], rate)
         if snr is not None:
             wave = noise.mix(wave, uid, snr)
-        return compute_fbank(wave, cfg, key=uid)
+        return student.features((wave, rate)).cpu()
 
     return compute
 
 
-@torch.no_grad()
-def embed_utterances(
-    model: torch.nn.Module,
-    ids: list[str],
-    features: Callable[[str], np.ndarray],
-    device: torch.device,
-    crops: int = 10,
-    seconds: float = 4.0,
-    batch_size: int = 8,
-    cfg: FbankConfig | None = None,
-) -> torch.Tensor:
-    """`[U, crops, D]` embeddings, `batch_size` utterances per forward pass; a crop of
-    `seconds` has the frames `cfg`'s front-end gives it (`fbank.crop_frames`)."""
-    frames = crop_frames(seconds, cfg or FbankConfig())
-    out = []
-    chunks = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
-    for chunk in track(chunks, len(ids), "embedding utterances", size=len):
-        x = np.stack([evenly_spaced_crops(features(u), frames, crops) for u in chunk])
-        emb = model(torch.from_numpy(x).to(device).flatten(0, 1)).embedding.float()
-        out.append(emb.view(len(chunk), crops, -1).cpu())
-    return torch.cat(out)
+def check_store(student: Student, fbank: Path | None) -> None:
+    """A feature store must hold the student's features (`open_store`: same front-end, mel
+    bands and framing; storage dtype, dither and CMN may differ)."""
+    if fbank is not None:
+        open_store(str(fbank), student.input.fbank, "--fbank")
 
 
 def verify(
-    model: torch.nn.Module,
+    student: Student,
     trials: Trials,
     path: Path,
-    features: Callable[[str], np.ndarray],
-    device: torch.device,
+    features: Callable[[str], Any],
     snr: float | None,
     det: Path | None,
+    scores_out: Path | None,
     batch_size: int,
-    crops: int = 10,
-    crop_seconds: float = 4.0,
-    cfg: FbankConfig | None = None,
     scoring: Scoring | None = None,
 ) -> TrialResult:
+    """Embed each utterance of `trials` once (`Student.crop_embeddings`), score every trial
+    (`score_trials` with `scoring.score`), report EER and minDCF; write the DET plot and the
+    scores if asked."""
     scoring = scoring or Scoring()
     ids = [utterance_key(u) for u in trials.utterances]
-    emb = embed_utterances(model, ids, features, device, crops, crop_seconds, batch_size, cfg)
+    emb = embed_utterances(student, ids, features, batch_size)
     scores = score_trials(trials, emb, score=scoring.score)
     eer, _ = compute_eer(scores, trials.labels)
     min_dcf, _ = compute_min_dcf(
@@ -194,6 +163,8 @@ def verify(
     if det is not None:
         far, frr = det_curve(scores, trials.labels)
         png = str(plot_det(far, frr, det, label=f"{path.name} EER {100 * eer:.2f}%"))
+    if scores_out is not None:
+        write_scores(scores_out, trials, scores)
     return TrialResult(
         trials=path.name,
         path=str(path),
@@ -205,99 +176,88 @@ def verify(
         min_dcf=float(min_dcf),
         scoring=scoring,
         det_png=png,
+        scores=None if scores_out is None else str(scores_out),
     )
 
 
+def embed_utterances(
+    student: Student, ids: list[str], features: Callable[[str], Any], batch_size: int
+) -> torch.Tensor:
+    """`[U, K, D]` crop embeddings of the utterances `ids` (`Student.crop_embeddings` over
+    `features(id)`), `batch_size` utterances a pass; the progress counts utterances."""
+    feats = track((features(u) for u in ids), total=len(ids), description="embedding utterances")
+    return student.crop_embeddings(feats, batch_size)
+
+
+def result_path(
+    base: Path | None, trials: Path, snr: float | None, several: bool, suffix: str
+) -> Path | None:
+    """Where one trial list and noise level's file goes: `base` itself for a single result;
+    `<stem>-<list>[-snrN]<suffix>` beside it when one evaluation has several."""
+    if base is None or not several:
+        return base
+    tag = trials.stem + ("" if snr is None else f"-snr{snr:g}")
+    return base.with_name(f"{base.stem}-{tag}{base.suffix or suffix}")
+
+
+def det_path(det: Path | None, trials: Path, snr: float | None, several: bool) -> Path | None:
+    """Where the DET PNG of one trial list and noise level goes (`result_path`)."""
+    return result_path(det, trials, snr, several, ".png")
+
+
 def run(options: EvalOptions) -> EvalResult:
+    """Speaker students: EER/minDCF per trial list and noise level, with the stored crop
+    policy and scoring unless the options give them. Others: the test split's metrics."""
     o = options
-    dev = select_device(o.device)
-    model, recipe, spec = load_student(o.checkpoint, dev)
-    task = recipe.get("task", "classification")
-    if task != "speaker":
-        return evaluate_classification(o.checkpoint, model, recipe, dev)
-    scoring = scoring_for(recipe, score=o.score, p_target=o.p_target, c_miss=o.c_miss, c_fa=o.c_fa)
+    student = load(o.checkpoint, o.device)
+    if not student.is_speaker:
+        return evaluate_classification(o.checkpoint, student)
+    scoring = student.scoring_with(score=o.score, p_target=o.p_target, c_miss=o.c_miss, c_fa=o.c_fa)
     if o.manifest is None:
         raise UsageError("--manifest is required for speaker checkpoints (the test utterances)")
     if any(s is not None for s in o.snrs) and o.musan is None:
         raise UsageError("--musan DIR is required with --musan-snr/--snr")
-    noise = None
-    if o.musan is not None:
-        noise = NoiseBank(o.musan)
-    cfg = student_features(recipe, spec)
-    if o.fbank is not None:
-        cfg = open_store(str(o.fbank), cfg, "--fbank").config
-    results = []
+    student.with_crops(o.crops, o.crop_seconds)
+    noise = NoiseBank(o.musan) if o.musan is not None else None
+    check_store(student, o.fbank)
     names = o.trials or ["voxceleb1-o"]
+    several = len(names) * len(o.snrs) > 1
+    results = []
     for name in names:
         path = resolve_trials(name, o.lists, o.manifest, o.original)
         parsed = read_trials(path)
         for snr in o.snrs:
-            feats = utterance_fbanks(o.manifest, o.fbank, cfg, noise, snr)
-            png = det_path(o.det, path, snr, several=len(names) * len(o.snrs) > 1)
+            feats = utterance_fbanks(student, o.manifest, o.fbank, noise, snr)
+            png = det_path(o.det, path, snr, several)
             results.append(
                 verify(
-                    model,
+                    student,
                     parsed,
                     path,
                     feats,
-                    dev,
                     snr,
                     png,
+                    result_path(o.scores_out, path, snr, several, ".txt"),
                     o.batch_size,
-                    o.crops,
-                    o.crop_seconds,
-                    cfg,
                     scoring,
                 )
             )
             if png is not None:
                 console.info(f"DET curve: {png}")
-    return EvalResult(checkpoint=str(o.checkpoint), task=task, results=results)
+    return EvalResult(checkpoint=str(o.checkpoint), task=student.task, results=results)
 
 
-def det_path(det: Path | None, trials: Path, snr: float | None, several: bool) -> Path | None:
-    """Where the DET PNG of one trial list and noise level goes: `--det` itself for a single
-    curve; `<stem>-<list>[-snrN].png` beside it when one evaluation draws several."""
-    if det is None or not several:
-        return det
-    tag = trials.stem + ("" if snr is None else f"-snr{snr:g}")
-    return det.with_name(f"{det.stem}-{tag}{det.suffix or '.png'}")
-
-
-def scoring_for(recipe: dict[str, Any], **given: Any) -> Scoring:
-    """The values `given` (score, p_target, c_miss, c_fa; None: not given), else those of
-    the checkpoint recipe's speaker task (`task_params`; the task's defaults for a recipe
-    that sets none: cosine, 0.01, 1, 1)."""
-    stored = build_task("speaker", 0, recipe.get("task_params") or {}).scoring
-    return scoring(
-        "--", **{**stored.model_dump(), **{k: v for k, v in given.items() if v is not None}}
-    )
-
-
-def student_features(recipe: dict[str, Any], spec: dict[str, Any]) -> FbankConfig:
-    """The features a speaker student was trained on: recorded in its checkpoint's
-    `data_spec`; for a checkpoint from before that, its training store's config when the
-    store is still there, else the Kaldi defaults (the only front-end then)."""
-    if spec.get("features"):
-        return FbankConfig.model_validate(spec["features"])
-    store = recipe.get("data", {}).get("params", {}).get("train_fbank")
-    if store and Path(store).is_dir():
-        return FbankStore(store).config
-    return FbankConfig()
-
-
-def evaluate_classification(
-    checkpoint: Path, model: torch.nn.Module, recipe: dict[str, Any], device: torch.device
-) -> EvalResult:
+def evaluate_classification(checkpoint: Path, student: Student) -> EvalResult:
     """The task's metrics of the student on the recipe's test split (+ per-class IoU)."""
-    r = validate_recipe(recipe, origin=f"{checkpoint} (stored recipe)")
+    r = validate_recipe(student.package["recipe"], origin=f"{checkpoint} (stored recipe)")
     data = build_data(r.data)
-    loaders = make_loaders(data, r, init_distributed(str(device.type)))
+    loaders = make_loaders(data, r, init_distributed(student.device.type))
     task = build_task(r.task, data.num_classes, r.task_params)
+    model, dev = student.model, student.device
     if not hasattr(task, "confusion"):
-        metrics = task.evaluate(model, loaders["test"], device)
+        metrics = task.evaluate(model, loaders["test"], dev)
         return EvalResult(checkpoint=str(checkpoint), task=r.task, metrics=metrics)
-    cm = task.confusion(model, loaders["test"], device)
+    cm = task.confusion(model, loaders["test"], dev)
     ious = [None if v != v else v for v in cm.per_class_iou().tolist()]  # NaN: class unseen
     per_class = dict(zip(data.class_names, ious, strict=True))
     return EvalResult(

@@ -6,7 +6,6 @@ Shared by `distill`, `train-teacher` and `eval`; holds no maths.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,9 @@ from cmkd_cli.data.datasets import DataBundle, build_data
 from cmkd_cli.engine.checkpoint import load_checkpoint
 from cmkd_cli.errors import UsageError
 from cmkd_cli.methods import METHODS, Method
-from cmkd_cli.models.registry import MODELS, create_model
-from cmkd_cli.registry import check_kwargs
+from cmkd_cli.models.registry import create_model, model_params
 from cmkd_cli.schema import ModelConfig, Recipe
+from cmkd_cli.student.package import build_student_model, student_package
 from cmkd_cli.tasks import build_task, check_metric
 
 
@@ -48,12 +47,7 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 def _model_params(cfg: ModelConfig, data: DataBundle, field: str) -> dict[str, Any]:
     """The builder's parameters; `class_names` is filled from the data when it takes them."""
-    params = dict(cfg.params)
-    builder = MODELS.get(cfg.name, field=f"{field}.name")
-    check_kwargs(builder, params, field=f"{field}.params")
-    if "class_names" in inspect.signature(builder).parameters:
-        params.setdefault("class_names", data.class_names)
-    return params
+    return model_params(cfg.name, cfg.params, data.class_names, field)
 
 
 def build_model(cfg: ModelConfig, data: DataBundle, field: str) -> nn.Module:
@@ -125,13 +119,17 @@ def build_experiment(
 
 
 def build_method(
-    recipe: Recipe, spec: dict[str, Any], teacher_checkpoint: Path | None = None
+    recipe: Recipe,
+    spec: dict[str, Any],
+    teacher_checkpoint: Path | None = None,
+    student: nn.Module | None = None,
 ) -> tuple[Method, dict[str, Any] | None]:
-    """The recipe's method (student, teacher, extra modules) for data described by `spec`."""
+    """The recipe's method (student, teacher, extra modules) for data described by `spec`;
+    `student` replaces the freshly built one (a trained student)."""
     data = SimpleNamespace(num_classes=spec["num_classes"], class_names=spec["class_names"])
     task = build_task(recipe.task, data.num_classes, recipe.task_params)
     method_cls = METHODS.get(recipe.method.name, field="method.name")
-    student = build_model(recipe.student, data, field="student")
+    student = student or build_model(recipe.student, data, field="student")
     teacher, ref = None, None
     if method_cls.uses_teacher:
         teacher = build_model(recipe.teacher.model, data, field="teacher.model")
@@ -148,15 +146,19 @@ def build_method(
 
 
 def method_from_checkpoint(path: Path) -> tuple[Method, Recipe]:
-    """A trained method (student, tuned or referenced teacher, heads) from a run checkpoint."""
+    """A trained method (student, tuned or referenced teacher, heads) from a run checkpoint;
+    the student comes through the one student loader (`cmkd_cli.student.package`)."""
     ckpt = load_checkpoint(path)
-    if "recipe" not in ckpt or "student" not in ckpt:
-        raise UsageError(f"{path} is not a cmkd run checkpoint (no recipe or student)")
+    if "recipe" not in ckpt or "method" not in ckpt:
+        raise UsageError(
+            f"{path} is not a cmkd run checkpoint (no recipe or method state; a student.pt "
+            "holds the student alone: give the run's best.pt)"
+        )
     recipe = validate_recipe(ckpt["recipe"], origin=f"{path} (stored recipe)")
     spec = ckpt.get("data_spec") or build_data(recipe.data).spec()
     ref = ckpt.get("teacher_ref") or {}
     teacher = Path(ref["checkpoint"]) if ref.get("checkpoint") else None
-    method, _ = build_method(recipe, spec, teacher)
-    method.student.load_state_dict(ckpt["student"])
+    student = build_student_model(student_package(ckpt, str(path)))
+    method, _ = build_method(recipe, spec, teacher, student=student)
     method.load_checkpoint_state(ckpt["method"])
     return method.eval(), recipe

@@ -20,9 +20,10 @@ class RecipeOptions(StrictModel):
 
 
 class EmbedOptions(StrictModel):
-    """How a student embeds utterances: device, batch and the evenly spaced crops."""
+    """How a student embeds utterances: device, batch and the evenly spaced crops (None: the
+    crop policy the student's checkpoint stores, paper A's 10 x 4 s in its recipes)."""
 
     device: str = Field("auto", description="auto|cpu|cuda")
-    batch_size: int = Field(8, description="utterances per forward pass")
-    crops: int = Field(10, description="evenly spaced crops per utterance")
-    crop_seconds: float = Field(4.0, description="length of each crop in seconds")
+    batch_size: int = Field(8, ge=1, description="utterances per forward pass")
+    crops: int | None = Field(None, ge=1, description="evenly spaced crops per utterance")
+    crop_seconds: float | None = Field(None, gt=0, description="length of each crop (s)")

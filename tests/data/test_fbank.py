@@ -37,8 +37,13 @@ def test_shape_and_values_equal_kaldi_fbank_called_directly() -> None:
     cfg = FbankConfig(cmn=False)
     feats = compute_fbank(x, cfg)
     assert feats.shape == (1 + (len(x) - 400) // 160, 40) == (n_frames(len(x), cfg), 40)
-    direct = kaldi.fbank(torch.from_numpy(x * 32768.0)[None], num_mel_bins=40).numpy()
-    np.testing.assert_array_equal(feats, direct)
+    # KaldiFbank computes in float64: equal to torchaudio's fbank of the float64 signal
+    wave64 = torch.from_numpy(x.astype(np.float64) * 32768.0)[None]
+    direct = kaldi.fbank(wave64, num_mel_bins=40).float().numpy()
+    np.testing.assert_allclose(feats, direct, rtol=0, atol=1e-5)
+    # torchaudio's float32 FFT is off in rare low-energy bins; on average they agree closely
+    direct32 = kaldi.fbank(torch.from_numpy(x * 32768.0)[None], num_mel_bins=40).numpy()
+    assert np.abs(feats - direct32).max() < 5e-3 and np.abs(feats - direct32).mean() < 1e-4
     cmn = compute_fbank(x, FbankConfig(cmn=True))
     np.testing.assert_allclose(cmn, direct - direct.mean(axis=0), atol=1e-5)
     np.testing.assert_allclose(cmn.mean(axis=0), 0.0, atol=1e-4)

@@ -66,11 +66,14 @@ def test_whole_utterance_equals_the_torchaudio_reference(wav: Path) -> None:
     ours = compute_fbank(load_audio(wav)[0], VT)
     assert ours.shape == tuple(ref_log.shape) == (1 + len(audio) // 160, 40)
     assert ours.shape[0] == n_frames(len(audio), VT)
-    np.testing.assert_allclose(ours, ref_log.numpy(), rtol=0, atol=2e-5)
+    # ours runs in float64 (so that exported graphs reproduce it); the reference's float32
+    # FFT is itself off by up to ~1.3e-4 in the quietest bins, on average by far less
+    np.testing.assert_allclose(ours, ref_log.numpy(), rtol=0, atol=2e-4)
+    assert np.abs(ours - ref_log.numpy()).mean() < 2e-6
     # the student's input_norm is the reference's InstanceNorm1d over the crop
     net = resnet34_asp(num_classes=None, n_mels=40).backbone
     normed = net.to_image(torch.from_numpy(ours)[None])[0, 0].T
-    np.testing.assert_allclose(normed.numpy(), ref_norm.numpy(), rtol=0, atol=2e-5)
+    np.testing.assert_allclose(normed.numpy(), ref_norm.numpy(), rtol=0, atol=2e-4)
     # and it is not the Kaldi front-end: the two differ well beyond rounding
     kaldi = net.to_image(torch.from_numpy(compute_fbank(load_audio(wav)[0], FbankConfig()))[None])
     assert kaldi.shape[-1] == ours.shape[0] - 2
@@ -103,7 +106,7 @@ def test_a_store_crop_is_the_reference_crop_but_for_its_reflect_padded_edges(
     crop = whole[k : k + crop_frames(2.0, VT)]
     assert crop.shape == tuple(ref_log.shape) == (202, 40)
     diff = np.abs(crop - ref_log.numpy()).max(axis=1)
-    assert diff[2:201].max() < 2e-5
+    assert diff[2:201].max() < 2e-4  # the reference's float32 rounding (see above)
     assert (diff[[0, 1, 201]] > 1e-3).all()
 
 

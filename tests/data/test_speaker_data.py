@@ -40,10 +40,12 @@ def test_crops_follow_the_store_frontend_and_checkpoints_record_it(tree) -> None
     vt = _build(tree, "vt", "vt")
     assert vt.train[0]["x"].shape == (202, 40)  # 2 s as voxceleb_trainer cuts it
     assert vt.val[0]["x"].shape == (2, 402, 40)  # two 4 s crops
-    assert vt.spec()["features"] == FbankConfig(frontend="voxceleb_trainer").model_dump()
+    assert (
+        vt.spec()["student_input"]["fbank"] == FbankConfig(frontend="voxceleb_trainer").model_dump()
+    )
     kaldi = _build(tree, "kaldi", "kaldi")
     assert kaldi.train[0]["x"].shape == (200, 40) and kaldi.val[0]["x"].shape == (2, 400, 40)
-    assert kaldi.spec()["features"]["frontend"] == "kaldi"
+    assert kaldi.spec()["student_input"]["fbank"]["frontend"] == "kaldi"
 
 
 def test_stores_of_another_frontend_are_refused(tree) -> None:

@@ -7,8 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cmkd_cli.data.fbank import FbankConfig
+from cmkd_cli.data.preprocess import FbankInput
 from cmkd_cli.models.base import ModelOutput
 from cmkd_cli.stages.evaluate import det_path, embed_utterances
+from cmkd_cli.student.api import Student
 
 
 class _MeanEmbedding(torch.nn.Module):
@@ -16,10 +19,21 @@ class _MeanEmbedding(torch.nn.Module):
         return ModelOutput(x.mean(dim=-1), None)
 
 
+def _student(crops: int, seconds: float) -> Student:
+    """A speaker `Student` around `_MeanEmbedding` (Kaldi features, `crops` x `seconds`)."""
+    package = {
+        "task": "speaker",
+        "class_names": [],
+        "input": FbankInput(fbank=FbankConfig(), crops=crops, crop_seconds=seconds).model_dump(),
+        "source": {"checkpoint": "test"},
+    }
+    return Student(package, "cpu", model=_MeanEmbedding())
+
+
 def test_progress_counts_utterances_not_batches(capsys) -> None:
     ids = [f"spk/{k}" for k in range(10)]
     feats = lambda uid: np.full((300, 4), float(uid.split("/")[1]), np.float32)  # noqa: E731
-    emb = embed_utterances(_MeanEmbedding(), ids, feats, torch.device("cpu"), 2, 1.0, 4)
+    emb = embed_utterances(_student(2, 1.0), ids, feats, 4)
     assert emb.shape == (10, 2, 100)  # 3 batches of at most 4 utterances
     err = capsys.readouterr().err
     assert "embedding utterances: 10/10" in err and "/3 " not in err

@@ -50,6 +50,17 @@ def test_prepare_distill_eval(cli, tmp_path: Path, recipe: str) -> None:
     table = cli("eval", "--checkpoint", best)
     assert table.code == 0 and "IoU wall" in table.stdout
 
+    # the shipped student reads a scene's PNG as the test split does (full resolution)
+    from cmkd_cli import load
+    from tests.student.test_api import assert_api_is_the_dataset_view, eval_split_of
+
+    student = load(best.parent / "student.pt")
+    assert student.input.kind == "scene"
+    test = eval_split_of(student)
+    assert_api_is_the_dataset_view(student, test, 2)
+    mask = student.predict(test.raw_input(0))
+    assert mask.shape == tuple(test[0]["y"].shape) and mask.max() < len(NYU40)
+
 
 def test_a_variant_with_another_teacher_backbone_gets_its_own_teacher(cli, tmp_path: Path) -> None:
     nyu_depth_v2_tree(tmp_path / "raw")

@@ -233,7 +233,7 @@ def test_speaker_pipeline(cli, work: Path, monkeypatch) -> None:
     # the recipe's scoring (paper A: mean distance, P_target 0.01); the flags override it
     assert r["scoring"] == {"score": "distance", "p_target": 0.01, "c_miss": 1.0, "c_fa": 1.0}
     ckpt = torch.load(best, weights_only=True)
-    assert ckpt["data_spec"]["features"]["frontend"] == "voxceleb_trainer"
+    assert ckpt["data_spec"]["student_input"]["fbank"]["frontend"] == "voxceleb_trainer"
     assert ckpt["student"]["backbone.conv1.bias"].shape == (16,)  # ResNetSE34V2's stem bias
     base = ["--json", "eval", "--checkpoint", best, "--trials", str(trials)]
     base += ["--manifest", work / "vox1" / "manifest.jsonl", *EVAL_CROPS]

@@ -19,11 +19,15 @@ def _cases():
         distill,
         doctor,
         evaluate,
+        export,
         extract_fbank,
         recipes,
         report,
         train_teacher,
     )
+    from cmkd_cli.stages import average as average_stage
+    from cmkd_cli.stages import embed as embed_stage
+    from cmkd_cli.stages import score as score_stage
 
     embed = {"device": "cpu", "batch_size": 3, "crops": 2, "crop_seconds": 1.5}
     embed_flags = ["--device", "cpu", "--batch-size", "3", "--crops", "2", "--crop-seconds", "1.5"]
@@ -82,7 +86,8 @@ def _cases():
             ["eval", "-c", "best.pt", "--trials", "a", "--trials", "b", "--manifest", "m"]
             + ["--fbank", "f", "--lists", "l", "--original", "--musan", "mu"]
             + ["--musan-snr", "5", "--det", "d.png", *embed_flags]
-            + ["--score", "distance", "--p-target", "0.05", "--c-miss", "2", "--c-fa", "3"],
+            + ["--score", "distance", "--p-target", "0.05", "--c-miss", "2", "--c-fa", "3"]
+            + ["--scores-out", "s.txt"],
             "evaluate",
             "run",
             evaluate.EvalOptions(
@@ -99,7 +104,66 @@ def _cases():
                 p_target=0.05,
                 c_miss=2.0,
                 c_fa=3.0,
+                scores_out=P("s.txt"),
                 **embed,
+            ),
+        ),
+        (
+            ["embed", "-c", "student.pt", "a.wav", "b.wav", "--out", "o", "--split", "test"]
+            + ["--manifest", "m", *embed_flags],
+            "embed",
+            "run",
+            embed_stage.EmbedFilesOptions(
+                checkpoint=P("student.pt"),
+                files=[P("a.wav"), P("b.wav")],
+                manifest=P("m"),
+                split="test",
+                out=P("o"),
+                **embed,
+            ),
+        ),
+        (
+            ["score", "-c", "s.pt", "--trials", "t", "-o", "o", "--manifest", "m", "--fbank", "f"]
+            + ["--root", "r", "--embeddings", "e", "--score", "cosine", "--p-target", "0.05"]
+            + ["--c-miss", "2", "--c-fa", "3", *embed_flags],
+            "score",
+            "run",
+            score_stage.ScoreOptions(
+                checkpoint=P("s.pt"),
+                trials=P("t"),
+                out=P("o"),
+                manifest=P("m"),
+                fbank=P("f"),
+                root=P("r"),
+                embeddings=P("e"),
+                score="cosine",
+                p_target=0.05,
+                c_miss=2.0,
+                c_fa=3.0,
+                **embed,
+            ),
+        ),
+        (
+            ["export", "-c", "s.pt", "-f", "onnx", "-o", "o", "-i", "a.wav", "-i", "b.wav"]
+            + ["--examples", "2", "--atol", "0.001"],
+            "export",
+            "run",
+            export.ExportOptions(
+                checkpoint=P("s.pt"),
+                format="onnx",
+                out=P("o"),
+                inputs=[P("a.wav"), P("b.wav")],
+                examples=2,
+                atol=0.001,
+            ),
+        ),
+        (
+            ["average", "--run", "r", "--last", "3", "-o", "a.pt", "--bn-batches", "0"]
+            + ["--device", "cpu"],
+            "average",
+            "run",
+            average_stage.AverageOptions(
+                run=P("r"), last=3, out=P("a.pt"), bn_batches=0, device="cpu"
             ),
         ),
         (
