@@ -15,8 +15,9 @@ from cmkd_cli.models.speaker import resnet34_asp
 from tests.fixtures_layouts import fbank_store, librispeech_files
 
 
-def _old_checkpoint(path: Path) -> Path:
-    """The fields a checkpoint of that time held for a speaker student (best.pt layout)."""
+def _old_checkpoint(path: Path, manifest: Path, store: Path) -> Path:
+    """The fields a checkpoint of that time held for a speaker student (best.pt layout), its
+    run's data where the recipe says (the preprocessing is read from its training store)."""
     torch.manual_seed(0)
     model = resnet34_asp(num_classes=3, width="quarter", embed_dim=32)
     recipe = {
@@ -27,7 +28,16 @@ def _old_checkpoint(path: Path) -> Path:
             "name": "resnet34_asp",
             "params": {"width": "quarter", "n_mels": 40, "embed_dim": 32},
         },
-        "data": {"name": "speaker", "params": {"train_fbank": str(path.parent / "gone")}},
+        "data": {
+            "name": "speaker",
+            "params": {
+                **{f"{split}_manifest": str(manifest) for split in ("train", "val")},
+                **{f"{split}_fbank": str(store) for split in ("train", "val")},
+                "faces": False,
+                "train_split": None,
+            },
+        },
+        "method": {"name": "baseline"},
     }
     spec = {"num_classes": 3, "class_names": ["a", "b", "c"], "n_train": 6}
     torch.save({"student": model.state_dict(), "recipe": recipe, "data_spec": spec}, path)
@@ -51,7 +61,7 @@ def test_an_old_speaker_checkpoint_evaluates_as_before(cli, tmp_path: Path) -> N
     )
     kaldi = fbank_store(tmp_path / "kaldi", items, FbankConfig())
     vt = fbank_store(tmp_path / "vt", items, FbankConfig(frontend="voxceleb_trainer"))
-    ckpt = _old_checkpoint(tmp_path / "best.pt")
+    ckpt = _old_checkpoint(tmp_path / "best.pt", manifest, kaldi)
     base = ["--json", "eval", "-c", ckpt, "--trials", trials, "--manifest", manifest]
     base += ["--crops", "2", "--crop-seconds", "1.0", "--device", "cpu"]
 
