@@ -129,6 +129,12 @@ class TeacherPretrain(StrictModel):
         None, description="the task's parameters for teacher training (default: the recipe's)"
     )
     batch_size: int | None = Field(None, ge=1, description="default: data.batch_size")
+    eval_every: int | None = Field(
+        None,
+        ge=1,
+        description="validate the teacher every N epochs (default: eval.every); set it when "
+        "a study's variants validate at different rates, so that they share one teacher",
+    )
     data_params: dict[str, Any] | None = Field(
         None,
         description="data.params of the teacher's training, merged over the recipe's: all "

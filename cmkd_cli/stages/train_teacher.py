@@ -68,6 +68,8 @@ def teacher_recipe(recipe: Recipe) -> Recipe:
     if pre.batch_size is not None:
         data["data"] = {**data["data"], "batch_size": pre.batch_size}
     data["eval"] = {**data["eval"], "test": True}  # also when asked for by a grid run
+    if pre.eval_every is not None:
+        data["eval"]["every"] = pre.eval_every
     data["train"] = {
         **data["train"],
         "epochs": pre.epochs,
@@ -111,7 +113,7 @@ def teacher_key(recipe: Recipe) -> str:
                 mode="json",
                 include={"epochs", "seed", "amp", "grad_clip", "grad_accum", "deterministic"},
             ),
-            "eval": t.eval.model_dump(mode="json"),
+            "eval": t.eval.model_dump(mode="json"),  # `every`: which epochs can be best
         },
         sort_keys=True,
     )

@@ -47,6 +47,9 @@ def test_teacher_key_covers_what_changes_the_weights_only() -> None:
     # with its own batch size the teacher no longer depends on the student's
     own = _key("teacher.pretrain.batch_size=16")
     assert _key("teacher.pretrain.batch_size=16", "data.batch_size=8") == own
+    # with its own validation rate, neither does it on the student's
+    own = _key("teacher.pretrain.eval_every=3")
+    assert _key("teacher.pretrain.eval_every=3", "eval.every=2") == own != base
 
 
 def test_face_teacher_none_is_trained_and_a_checkpoint_is_used_as_it_is() -> None:
