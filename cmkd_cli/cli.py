@@ -724,11 +724,24 @@ def doctor(
 
 
 @recipes_app.command("list")
-def recipes_list() -> None:
-    """List the recipes in recipes/ (and $CMKD_RECIPES)."""
+def recipes_list(
+    word: Annotated[
+        str | None,
+        typer.Argument(help="only recipes with this word in their name, task or description"),
+    ] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="also the bases other recipes extend (_name)")
+    ] = False,
+) -> None:
+    """List the recipes of recipes/ (and $CMKD_RECIPES) by task: speaker, classification,
+    segmentation, then zoo (one small recipe per method), one line each.
+
+    `cmkd recipes list c2kd` lists those that mention c2kd; `cmkd recipes show NAME` prints
+    one whole.
+    """
     from cmkd_cli.stages import recipes as stage  # start-up: see the docstring
 
-    result = stage.list_all()
+    result = stage.list_all(stage.ListOptions(word=word, bases=all_))
     console.emit(result, stage.render_list(result))
 
 

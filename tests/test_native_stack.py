@@ -94,7 +94,7 @@ def test_doctor_exits_1_naming_the_broken_piece(cli, monkeypatch):
 def test_a_stage_hitting_a_load_error_says_why(cli, monkeypatch):
     from cmkd_cli.stages import recipes
 
-    def boom():
+    def boom(*_args, **_kwargs):
         raise OSError("Could not load this library: /x/torchaudio/lib/libtorchaudio.so")
 
     monkeypatch.setattr(recipes, "list_all", boom)

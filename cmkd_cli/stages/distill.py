@@ -274,9 +274,13 @@ def run(options: DistillOptions) -> DistillResult:
     jobs = plan(r, seeds)
     single = not (root / STUDY_FILE).exists() if resume is not None else len(jobs) == 1
     if variants:
-        unknown = set(variants) - {name for name, _, _ in jobs}
+        names = list(dict.fromkeys(name for name, _, _ in jobs))
+        unknown = set(variants) - set(names)
         if unknown:
-            raise UsageError(f"--variant {sorted(unknown)[0]!r}: not a compare variant of {r.name}")
+            raise UsageError(
+                f"--variant {sorted(unknown)[0]!r}: not a row of {r.name}; its rows: "
+                + ", ".join(names)
+            )
         jobs = [j for j in jobs if j[0] in variants]
     datasets = DataCache()
     for _, jr, _ in jobs:  # fail on a bad data, model or method setting before any training

@@ -227,6 +227,12 @@ def _cases():
             "show",
             recipes.ShowOptions(recipe="quickstart", sets=["a=1"], variables={"x": "y"}),
         ),
+        (
+            ["recipes", "list", "c2kd", "--all"],
+            "recipes",
+            "list_all",
+            recipes.ListOptions(word="c2kd", bases=True),
+        ),
     ]
 
 
@@ -237,7 +243,7 @@ def test_each_flag_reaches_the_stage_in_its_options_model(cli, monkeypatch, case
     seen = []
     result = SimpleNamespace(yaml="")  # what cli.py prints of it is beside the point here
     monkeypatch.setattr(stage, function, lambda options: seen.append(options) or result)
-    for name in ("render", "failure"):
+    for name in ("render", "render_list", "failure"):
         if hasattr(stage, name):
             monkeypatch.setattr(stage, name, lambda result: None)
     res = cli(*argv)
