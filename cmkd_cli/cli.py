@@ -10,6 +10,7 @@ Exit codes: 0 success, 1 the run failed, 2 bad usage or an invalid recipe.
 
 from __future__ import annotations
 
+import inspect
 import sys
 import traceback
 from pathlib import Path
@@ -237,7 +238,10 @@ def extract_fbank(
 
 TrialsOpt = Annotated[
     list[str] | None,
-    typer.Option("--trials", help="voxceleb1-o|voxceleb1-e|voxceleb1-h|cnceleb or a trial file"),
+    typer.Option(
+        "--trials",
+        help="voxceleb1-o, voxceleb1-e, voxceleb1-h, cnceleb or a trial file (repeatable)",
+    ),
 ]
 ManifestOpt = Annotated[
     Path | None, typer.Option("--manifest", help="manifest of the test utterances (prepare)")
@@ -757,6 +761,25 @@ def recipes_show(
     options = stage.ShowOptions(recipe=name, sets=set_ or [], variables=parse_vars(var))
     result = stage.show(options)
     console.emit(result, result.yaml)
+
+
+def reflow(text: str) -> str:
+    """A docstring as help text: each paragraph (blank-line separated) on one line, so the
+    terminal wraps it evenly instead of at the docstring's own line ends."""
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
+
+
+def _reflow_help(*apps: typer.Typer) -> None:
+    """Every command's help (its `help=` or docstring) reflowed."""
+    for each in apps:
+        for info in each.registered_commands:
+            doc = info.help or inspect.getdoc(info.callback)
+            if doc:
+                info.help = reflow(doc)
+
+
+_reflow_help(app, recipes_app)
 
 
 def _leave_process_group() -> None:
