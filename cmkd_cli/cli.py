@@ -92,7 +92,12 @@ def _global(
         bool, typer.Option("--json", help="print the result as JSON on stdout")
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks on errors")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="no progress or log lines (the result is still printed)"
+        ),
+    ] = False,
     version: Annotated[
         bool,
         typer.Option(

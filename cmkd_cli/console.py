@@ -4,11 +4,16 @@ The output settings (`--json`, `--quiet`, `--debug`) belong to the process that 
 to the work: the CLI sets them once with `configure()`, and only this module and
 `progress.py` read them (`settings()`, `shows_progress()`); a Python caller gets the
 defaults (tables and progress on stderr).
+
+`--quiet` drops progress and log lines, never the result. Under `torchrun` only rank 0
+prints (results, logs, warnings and progress), so stdout holds one result; an error is
+printed by every process that meets it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -39,22 +44,30 @@ def settings() -> OutputSettings:
 
 
 def shows_progress() -> bool:
-    """Whether progress bars and log lines go to stderr (not with --quiet or --json)."""
-    return not (_settings.quiet or _settings.json)
+    """Whether progress bars and log lines go to stderr (not with --quiet or --json, nor on
+    ranks > 0)."""
+    return not (_settings.quiet or _settings.json) and is_rank_zero()
 
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 stdout = Console(highlight=False, soft_wrap=True)
 
 
+def is_rank_zero() -> bool:
+    """Whether this process prints: rank 0 of a `torchrun` launch (its RANK variable, set
+    before any process group exists), or a process started alone."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
 def info(message: str) -> None:
-    """A progress/log line for humans (stderr; silenced by --quiet)."""
-    if not _settings.quiet:
+    """A progress/log line for humans (stderr; silenced by --quiet and on ranks > 0)."""
+    if not _settings.quiet and is_rank_zero():
         stderr.print(message, markup=False)
 
 
 def warn(message: str) -> None:
-    stderr.print(f"warning: {message}", markup=False)
+    if is_rank_zero():
+        stderr.print(f"warning: {message}", markup=False)
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
@@ -67,15 +80,16 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
 
 
 def emit(result: BaseModel | dict[str, Any], human: Table | str | None = None) -> None:
-    """Print a stage's result: its JSON alone on stdout with --json, else the human view."""
+    """Print a stage's result: its JSON alone on stdout with --json, else the human view
+    (also with --quiet); nothing on ranks > 0."""
+    if not is_rank_zero():
+        return
     if _settings.json:
         if isinstance(result, BaseModel):
             sys.stdout.write(result.model_dump_json(indent=2) + "\n")
         else:
             sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
         sys.stdout.flush()
-        return
-    if _settings.quiet:
         return
     if human is not None:
         stdout.print(human)

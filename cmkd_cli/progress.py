@@ -31,7 +31,8 @@ def track(
     transient: bool = False,
     size: Callable[[T], int] | None = None,
 ) -> Iterator[T]:
-    """Iterate `items` while showing progress on stderr (silent with --quiet/--json).
+    """Iterate `items` while showing progress on stderr (silent with --quiet/--json and on
+    ranks > 0).
 
     `status()` adds a short text to the bar and lines (e.g. the current loss). Off a TTY a
     line is printed every `every` items (default a tenth of `total`), or, with

@@ -269,7 +269,8 @@ def build(
     """Loaders, teacher cache, optimiser, schedule, AMP scaler, DDP wrapper and logger."""
     check_metric(recipe.task, recipe.eval.metric)
     device = dist.device
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:  # only rank 0 writes the run
+        run_dir.mkdir(parents=True, exist_ok=True)
     method.to(device)
     loaders = make_loaders(data, recipe, dist)
     attach_teacher_cache(method, data, recipe, dist)

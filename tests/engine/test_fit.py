@@ -105,6 +105,9 @@ def _rows(run_dir: Path) -> list[dict]:
     reason="gloo is not built in",
 )
 def test_two_process_ddp_equals_one_process(cli, tmp_path: Path) -> None:
+    """... and only rank 0 prints (one JSON document on stdout, each log line once) and
+    writes (an audit hook on rank 1 records every file it opens for writing, renames or
+    creates under the run root and the cache)."""
     sets = [
         *SMALL,
         "method.name=kd",
@@ -126,7 +129,7 @@ def test_two_process_ddp_equals_one_process(cli, tmp_path: Path) -> None:
         "2",
         "-m",
         "cmkd_cli",
-        "--quiet",
+        "--json",
         "distill",
         "--recipe",
         "quickstart",
@@ -136,15 +139,64 @@ def test_two_process_ddp_equals_one_process(cli, tmp_path: Path) -> None:
         "--set",
         f"teacher.checkpoint={teacher}",
     ]
-    done = subprocess.run(
-        cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(WRITE_AUDIT)
+    env = _env()
+    env["PYTHONPATH"] = f"{hook}{os.pathsep}{env['PYTHONPATH']}"
+    env["CMKD_TEST_WRITE_LOG"] = str(tmp_path / "writes")
+    env["CMKD_TEST_WRITE_ROOTS"] = os.pathsep.join(
+        [str(tmp_path / "two"), os.environ["CMKD_CACHE_DIR"]]
     )
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     two_dir = tmp_path / "two" / "quickstart"
+    import json
+
+    result = json.loads(done.stdout)  # one document: rank 1 printed nothing
+    assert result["runs"][0]["test"] == ref_test(two_dir)
+    assert done.stderr.count("epoch 2/2") == 1 and done.stderr.count("[kd seed 1]") == 1
+    assert (tmp_path / "writes.1").is_file()  # the hook ran on rank 1 ...
+    assert (tmp_path / "writes.1").read_text() == ""  # ... and saw no write
     a, b = load_checkpoint(one_dir / "last.pt"), load_checkpoint(two_dir / "last.pt")
     assert a["step"] == b["step"] == 8
     _states_equal(a["student"], b["student"], atol=1e-5)
     assert not torch.equal(a["student"]["head.weight"], _init_head())  # it did train
+
+
+# sitecustomize for the processes of a torchrun launch: on a rank > 0, log every write under
+# $CMKD_TEST_WRITE_ROOTS (opened for writing, renamed, created, removed) to
+# $CMKD_TEST_WRITE_LOG.RANK
+WRITE_AUDIT = """
+import os
+import sys
+
+if os.environ.get("RANK", "0") not in ("", "0"):
+    _log = os.open(
+        os.environ["CMKD_TEST_WRITE_LOG"] + "." + os.environ["RANK"],
+        os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+    )
+    _roots = tuple(p for p in os.environ["CMKD_TEST_WRITE_ROOTS"].split(os.pathsep) if p)
+    _WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def _hook(event, args):
+        if event == "open":
+            path, mode, flags = args
+            if isinstance(mode, str):
+                writing = any(c in mode for c in "wax+")
+            else:
+                writing = isinstance(flags, int) and bool(flags & _WRITE)
+        elif event in ("os.rename", "os.mkdir", "os.remove", "os.symlink", "os.link"):
+            path, writing = args[0], True
+        else:
+            return
+        if writing and isinstance(path, (str, bytes, os.PathLike)):
+            path = os.path.abspath(os.fsdecode(path))
+            if path.startswith(_roots):
+                os.write(_log, (event + " " + path + "\\n").encode())
+
+    sys.addaudithook(_hook)
+"""
 
 
 def _init_head() -> torch.Tensor:
