@@ -19,7 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from cmkd_cli import console
+from cmkd_cli import console, units
 from cmkd_cli.config import dump_recipe
 from cmkd_cli.engine.checkpoint import (
     capture_rng,
@@ -478,7 +478,7 @@ def log_epoch(
     console.info(
         f"epoch {state.epoch + 1}/{trainer.recipe.train.epochs}  "
         f"loss {train_avg.get('loss/total', 0):.4f}  "
-        + "  ".join(f"val {k} {v:.4f}" for k, v in val.items())
+        + "  ".join(f"val {k} {units.show(k, v)}" for k, v in val.items())
         + f"  ({epoch_time:.1f}s)"
     )
 

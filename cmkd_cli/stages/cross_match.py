@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from rich.table import Table
 from torch.utils.data import DataLoader
 
+from cmkd_cli import units
 from cmkd_cli.data.datasets import build_data, keyed_rng
 from cmkd_cli.data.manifest import read_manifest, resolve
 from cmkd_cli.data.speaker import load_face
@@ -236,7 +237,7 @@ def render(result: CrossMatchResult) -> Table:
             r.protocol,
             str(r.trials),
             str(r.records_used),
-            f"{100 * r.accuracy:.2f}%",
-            f"{100 * r.chance:.2f}%",
+            units.percent(r.accuracy),
+            units.percent(r.chance),
         )
     return t

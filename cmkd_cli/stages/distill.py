@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, Field
 from rich.table import Table
 
-from cmkd_cli import console
+from cmkd_cli import console, units
 from cmkd_cli.config import (
     dump_recipe,
     grid_points,
@@ -371,14 +371,14 @@ def _uses_teacher(recipe: Recipe) -> bool:
 def render(result: DistillResult) -> Table:
     """The study table: mean ± std over seeds and the paired delta against the baseline row
     with its 95% interval; `*` marks a delta whose interval excludes 0."""
-    scale, digits = (100.0, 2) if result.metric == "accuracy" else (1.0, 4)
+    scale, digits = units.scale(result.metric), 2 if units.is_rate(result.metric) else 4
     t = Table(
         title=f"{result.name}: test {result.metric}, mean ± std over seeds; Δ vs baseline "
         f"paired by seed, 95% CI ({CI_NAMES.get(result.ci, result.ci)}), * excludes 0"
     )
     bases = {row.baseline for row in result.table if row.baseline}
     several = len(bases) > 1
-    columns = ["variant", "method", result.metric, "Δ [95% CI]", "seeds", "wall time"]
+    columns = ["variant", "method", units.label(result.metric), "Δ [95% CI]", "seeds", "wall time"]
     if several:
         columns.insert(4, "vs")
     cells = []

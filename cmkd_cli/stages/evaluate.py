@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, Field
 from rich.table import Table
 
-from cmkd_cli import console
+from cmkd_cli import console, units
 from cmkd_cli.config import validate_recipe
 from cmkd_cli.data.audio import load_audio
 from cmkd_cli.data.datasets import build_data
@@ -271,9 +271,9 @@ def render(result: EvalResult) -> Table:
         for c in ("metric", "value"):
             t.add_column(c)
         for k, v in result.metrics.items():
-            t.add_row(k, f"{v:.4f}")
+            t.add_row(k, units.show(k, v))
         for name, iou in result.per_class.items():
-            t.add_row(f"IoU {name}", "-" if iou is None else f"{iou:.4f}")
+            t.add_row(f"IoU {name}", units.show("iou", iou))
         return t
     for c in ("trials", "noise", "trials (target)", "EER", "minDCF"):
         t.add_column(c)
@@ -283,7 +283,7 @@ def render(result: EvalResult) -> Table:
             r.trials,
             noise,
             f"{r.n_trials} ({r.n_target})",
-            f"{100 * r.eer:.2f}%",
+            units.percent(r.eer),
             f"{r.min_dcf:.3f}",
         )
     return t

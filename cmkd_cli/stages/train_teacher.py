@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from cmkd_cli import console
+from cmkd_cli import console, units
 from cmkd_cli.config import load_recipe
 from cmkd_cli.data.datasets import DataBundle, build_data
 from cmkd_cli.engine.checkpoint import load_checkpoint
@@ -188,6 +188,6 @@ def run(options: TeacherOptions) -> TeacherResult:
 
 
 def render(result: TeacherResult) -> str:
-    test = ", ".join(f"{k} {v:.4f}" for k, v in result.test.items())
+    test = units.show_all(result.test)
     verb = "trained" if result.trained else "already trained"
     return f"teacher {result.model} {verb}: {result.checkpoint} (test: {test})"
