@@ -171,9 +171,12 @@ def report(
     run_dir: Annotated[Path, typer.Argument(help="a run or study directory")],
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="write PNG curves")] = True,
 ) -> None:
-    """Print a run's metrics table and write PNG plots of its training curves.
+    """Print a run's epoch table, or a study's comparison table (at any time: over the
+    runs finished so far), and draw the training curves.
 
-    Reads RUN_DIR/metrics.jsonl (and results.json for studies); writes RUN_DIR/plots/*.png.
+    Reads RUN_DIR/metrics.jsonl and final.json of each run (and study.yaml for a study).
+    Writes RUN/plots/curves.png per run (titled with the run's name; x in epochs, the best
+    epoch dashed) and, for a study, RUN_DIR/plots/study.png; prints every path written.
     """
     from cmkd_cli.stages import report as stage  # start-up: see the docstring
 

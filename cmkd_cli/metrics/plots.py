@@ -1,13 +1,15 @@
-"""PNG plots: DET curves, training curves and the figures of `cmkd analyze` (kept fraction,
-KRC histogram, CKA heat-map, 2-D embeddings, training cost). Headless (a bare Agg figure, no
-pyplot state), written atomically. matplotlib is imported inside the functions: it costs
-about half a second, which `cmkd eval` without `--det` and every other stage never pay.
+"""PNG plots: DET curves, a run's training curves, a study's figure and the figures of
+`cmkd analyze` (kept fraction, KRC histogram, CKA heat-map, 2-D embeddings, training cost).
+Headless (a bare Agg figure, no pyplot state), written atomically. matplotlib is imported
+inside the functions: it costs about half a second, which `cmkd eval` without `--det` and
+every other stage never pay.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +17,8 @@ import numpy as np
 
 from cmkd_cli.errors import UsageError
 from cmkd_cli.io import atomic_path
-from cmkd_cli.metrics.training import CostRow, KeptSeries, finite_number
+from cmkd_cli.metrics.curves import RunCurves
+from cmkd_cli.metrics.training import CostRow, KeptSeries
 
 if TYPE_CHECKING:  # the plots take tensors but need no torch (`cmkd report` never loads it)
     import torch
@@ -92,42 +95,6 @@ def plot_det(
     ax.grid(True, alpha=0.4)
     if label:
         ax.legend(loc="upper right")
-    return _save(fig, path)
-
-
-def plot_curves(
-    rows: Iterable[Mapping[str, Any]],
-    keys: Sequence[str],
-    path: str | os.PathLike[str],
-    x: str = "step",
-) -> Path:
-    """Plot training curves from `metrics.jsonl` rows: one panel per key, against `x`.
-
-    Only rows that hold a finite number for both `x` and the key are drawn, so rows of other
-    kinds (e.g. per-epoch validation rows beside per-step training rows) mix freely. A key
-    that no row holds is a `UsageError`. Returns `path`.
-    """
-    rows = list(rows)
-    if not keys:
-        raise UsageError("plot_curves needs at least one metric key to plot")
-    series = {}
-    for key in keys:
-        pts = [(finite_number(r.get(x)), finite_number(r.get(key))) for r in rows]
-        pts = [(a, b) for a, b in pts if a is not None and b is not None]
-        if not pts:
-            seen = sorted({k for r in rows for k in r})
-            raise UsageError(
-                f"no row of the metrics has numbers for both {x!r} and {key!r} "
-                f"(keys seen: {', '.join(seen) or 'none'})"
-            )
-        series[key] = np.array(pts)
-    fig = _figure(rows=len(keys), height=2.6)
-    axes = fig.subplots(len(keys), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, (key, pts) in zip(axes, series.items(), strict=True):
-        ax.plot(pts[:, 0], pts[:, 1], marker="." if len(pts) < 50 else None)
-        ax.set_ylabel(key)
-        ax.grid(True, alpha=0.4)
-    axes[-1].set_xlabel(x)
     return _save(fig, path)
 
 
@@ -301,4 +268,51 @@ def plot_embeddings(
         ax.grid(True, alpha=0.3)
         fig.colorbar(sc, ax=ax, label="class")
     axes[0].set_title(f"{title}\n{axes[0].get_title()}", fontsize="medium")
+    return _save(fig, path)
+
+
+def plot_run(
+    curves: RunCurves, path: str | os.PathLike[str], title: str, subtitle: str = ""
+) -> Path:
+    """One run's training curves (`metrics.curves.run_curves`) as a grid of panels under one
+    title: x in epochs (steps on the top axis of the first row), a dashed line at the best
+    epoch in every panel, rates in percent, one line per distinct learning-rate schedule."""
+    from matplotlib.ticker import MaxNLocator  # lazy: module docstring
+
+    if not curves.panels:
+        raise UsageError("plot_run: the run has logged no step or epoch rows yet")
+    n = len(curves.panels)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig = _figure()
+    fig.set_size_inches(3.6 * cols, 2.5 * rows + 0.7)
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True)
+    for i, ax in enumerate(axes.flat):
+        if i >= n:
+            ax.set_visible(False)
+            continue
+        panel = curves.panels[i]
+        for s in panel.series:
+            ax.plot(s.x, s.y, marker="." if len(s.x) < 40 else None, label=s.label, linewidth=1.2)
+        if curves.best_epoch is not None and curves.x_label == "epoch":
+            ax.axvline(curves.best_epoch, color="tab:red", linestyle="--", linewidth=0.9)
+        ax.set_title(panel.title, fontsize=9)
+        if panel.ylabel:
+            ax.set_ylabel(panel.ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.4)
+        if panel.legend or len(panel.series) > 1:
+            ax.legend(fontsize=6, loc="best")
+        if curves.x_label == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if i // cols == rows - 1 or i + cols >= n:  # the lowest panel of its column
+            ax.xaxis.set_tick_params(labelbottom=True)
+            ax.set_xlabel(curves.x_label, fontsize=8)
+        if i < cols and curves.epoch_to_step is not None:
+            top = ax.secondary_xaxis("top", functions=(curves.epoch_to_step, curves.step_to_epoch))
+            top.set_xlabel("step", fontsize=7)
+            top.tick_params(labelsize=6)
+    if curves.best_epoch is not None and curves.x_label == "epoch":
+        subtitle = f"{subtitle}  (dashed: best epoch {curves.best_epoch})".strip()
+    fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
     return _save(fig, path)

@@ -174,24 +174,32 @@ class DataCache:
         return self._built[key]
 
 
+def finished_run(run_dir: Path, variant: str, method: str, seed: int) -> RunSummary | None:
+    """The summary of a finished run (its final.json), None while it is not finished."""
+    final = run_dir / "final.json"
+    if not final.exists():
+        return None
+    f = json.loads(final.read_text())
+    return RunSummary(
+        variant=variant,
+        method=method,
+        seed=seed,
+        run_dir=str(run_dir),
+        best_epoch=f["best_epoch"],
+        best_val=f["best_val"],
+        test=f["test"],
+        wall_time_s=f["wall_time_s"],
+        status="done",
+    )
+
+
 def run_one(
     recipe: Recipe, run_dir: Path, dist: DistInfo, teacher: Path | None, data: DataBundle
 ) -> RunSummary:
-    final = run_dir / "final.json"
     variant = run_dir.parent.name if run_dir.name.startswith("seed-") else recipe.method.name
-    if final.exists():
-        f = json.loads(final.read_text())
-        return RunSummary(
-            variant=variant,
-            method=recipe.method.name,
-            seed=recipe.train.seed,
-            run_dir=str(run_dir),
-            best_epoch=f["best_epoch"],
-            best_val=f["best_val"],
-            test=f["test"],
-            wall_time_s=f["wall_time_s"],
-            status="done",
-        )
+    done = finished_run(run_dir, variant, recipe.method.name, recipe.train.seed)
+    if done is not None:
+        return done
     resumed = (run_dir / "last.pt").exists()
     exp = build_experiment(recipe, teacher_checkpoint=teacher, data=data)
     res = fit(

@@ -71,8 +71,26 @@ def test_quickstart_reduced_writes_table_results_and_runs(cli, tmp_path: Path) -
     assert "Δ [95% CI]" in rep.stdout and "paired t" in rep.stdout
     study_png = root / "plots" / "study.png"
     assert study_png.stat().st_size > 5000 and f"wrote {study_png}" in rep.stdout.replace("\n", "")
-    assert (root / "kd" / "seed-1" / "plots" / "losses.png").stat().st_size > 1000
-    assert (root / "kd" / "seed-1" / "plots" / "validation.png").is_file()
+    # one titled figure of curves per run, each path printed
+    for run in out["runs"]:
+        png = root / run["variant"] / f"seed-{run['seed']}" / "plots" / "curves.png"
+        assert png.stat().st_size > 5000 and f"wrote {png}" in rep.stdout.replace("\n", "")
+    assert not list((root / "kd" / "seed-1" / "plots").glob("losses.png"))
+
+    # the same table at any time: with results.json gone and one run not finished, report
+    # tabulates the runs that are, from study.yaml and their final.json
+    full = cli("--json", "report", root, "--no-plots").json()["study"]
+    assert full["table"] == out["table"]
+    (root / "results.json").unlink()
+    (root / "kd" / "seed-2" / "final.json").unlink()
+    part = cli("--json", "report", root, "--no-plots").json()
+    kd = next(row for row in part["study"]["table"] if row["variant"] == "kd")
+    assert kd["n"] == 1 and kd["values"] == [kd_seed1["test"]["accuracy"]]
+    assert part["study"]["table"][0] == out["table"][0]  # the finished rows are unchanged
+    assert [(p["variant"], p["seed"], p["epochs_done"]) for p in part["pending"]] == [("kd", 2, 2)]
+    human = cli("report", root, "--no-plots")
+    assert "9 of 10 runs finished; unfinished: kd seed 2 (2/2 epochs)" in human.stdout
+    assert "Δ [95% CI]" in human.stdout
 
 
 def test_json_output_is_only_json(cli) -> None:
