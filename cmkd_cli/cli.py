@@ -254,6 +254,14 @@ TrialsOpt = Annotated[
 ManifestOpt = Annotated[
     Path | None, typer.Option("--manifest", help="manifest of the test utterances (prepare)")
 ]
+EvalManifestOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--manifest",
+        help="the test data: speaker checkpoints, the manifest of the test utterances; "
+        "classification and segmentation, the prepared dataset (default: the run's)",
+    ),
+]
 FbankOpt = Annotated[
     Path | None, typer.Option("--fbank", help="fbank store of the test utterances (clean only)")
 ]
@@ -304,7 +312,14 @@ def _eval(
         Path, typer.Option("--checkpoint", "-c", help="student.pt or a run's best.pt/last.pt")
     ],
     trials: TrialsOpt = None,
-    manifest: ManifestOpt = None,
+    manifest: EvalManifestOpt = None,
+    var: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--var",
+            help="point a path variable of the run elsewhere: --var data_root=/new/place",
+        ),
+    ] = None,
     fbank: FbankOpt = None,
     lists: ListsOpt = None,
     original: OriginalOpt = False,
@@ -341,6 +356,7 @@ def _eval(
         checkpoint=checkpoint,
         trials=trials or [],
         manifest=manifest,
+        variables=parse_vars(var),
         fbank=fbank,
         lists=lists,
         original=original,

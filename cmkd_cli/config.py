@@ -17,7 +17,7 @@ import yaml
 from pydantic import Field, ValidationError, create_model
 
 from cmkd_cli.errors import UsageError
-from cmkd_cli.schema import Recipe, Variant
+from cmkd_cli.schema import PathVariables, Recipe, Variant
 
 RECIPE_DIR_ENV = "CMKD_RECIPES"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -155,6 +155,85 @@ def apply_set(data: dict[str, Any], parts: list[str], value: Any, origin: str) -
 NONE_VALUES = ("none", "null")
 
 
+def lookup_var(name: str, variables: dict[str, str]) -> str | None:
+    """A variable's value: from `variables` (--var), else $CMKD_NAME, else $name."""
+    for source in (
+        variables.get(name),
+        os.environ.get(f"CMKD_{name.upper()}"),
+        os.environ.get(name),
+    ):
+        if source is not None:
+            return source
+    return None
+
+
+def absolute_path(value: str) -> str:
+    """A variable's value as an absolute path (`~` expanded; a URL or `none` as it is): a
+    recipe's variables name paths, and a run must find them again from any directory."""
+    if not value or "://" in value or value.strip().lower() in NONE_VALUES:
+        return value
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def path_variables(data: dict[str, Any], variables: dict[str, str]) -> PathVariables:
+    """The `${name}` variables a raw recipe uses, each resolved (`lookup_var`) to an absolute
+    path, and the fields outside `compare` that use them (dotted field -> template)."""
+    fields: dict[str, str] = {}
+    names: set[str] = set()
+
+    def walk(obj: Any, field: str) -> None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{field}.{k}" if field else str(k))
+        elif isinstance(obj, list):
+            for i, v in enumerate(obj):
+                walk(v, f"{field}[{i}]")
+        elif isinstance(obj, str) and _VAR.search(obj):
+            names.update(_VAR.findall(obj))
+            if not field.startswith("compare"):
+                fields[field] = obj
+
+    walk(data, "")
+    values = {}
+    for name in sorted(names):
+        value = lookup_var(name, variables)
+        if value is not None:
+            values[name] = absolute_path(value)
+    return PathVariables(values=values, fields=fields)
+
+
+_FIELD_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def rebind_variables(recipe: dict[str, Any], given: dict[str, str], origin: str) -> dict[str, Any]:
+    """A stored recipe (as a dict) whose fields that used `${name}` variables are resolved
+    again, with the `given` values (made absolute) over those the run recorded: what `cmkd
+    eval --var data_root=/new/place` runs on when the data moved."""
+    record = PathVariables.model_validate(recipe.get("variables") or {})
+    unknown = sorted(set(given) - set(record.values))
+    if unknown:
+        used = ", ".join(f"{k}={v}" for k, v in record.values.items()) or "none recorded"
+        raise UsageError(
+            f"--var {unknown[0]}: {origin} was not made with a variable ${{{unknown[0]}}} "
+            f"(its variables: {used})"
+        )
+    values = {**record.values, **{k: absolute_path(v) for k, v in given.items()}}
+    out = copy.deepcopy(recipe)
+    for field, template in record.fields.items():
+        node: Any = out
+        parts = [(key, int(i) if i else None) for key, i in _FIELD_PART.findall(field)]
+        for (key, index), _ in zip(parts, parts[1:], strict=False):
+            node = node[index] if index is not None else node[key]
+        key, index = parts[-1]
+        resolved = resolve_vars(template, values, field)
+        if index is not None:
+            node[index] = resolved
+        else:
+            node[key] = resolved
+    out["variables"] = PathVariables(values=values, fields=record.fields).model_dump()
+    return out
+
+
 def resolve_vars(obj: Any, variables: dict[str, str], field: str = "") -> Any:
     """Replace `${name}` in strings from `variables`, then the environment (name or CMKD_NAME).
 
@@ -170,13 +249,9 @@ def resolve_vars(obj: Any, variables: dict[str, str], field: str = "") -> Any:
 
         def sub(m: re.Match[str]) -> str:
             name = m.group(1)
-            for source in (
-                variables.get(name),
-                os.environ.get(f"CMKD_{name.upper()}"),
-                os.environ.get(name),
-            ):
-                if source is not None:
-                    return source
+            value = lookup_var(name, variables)
+            if value is not None:
+                return value
             raise UsageError(
                 f"field `{field}`: variable ${{{name}}} is not set; pass --var {name}=PATH "
                 f"(or {name}=none for no file) or set CMKD_{name.upper()}"
@@ -275,7 +350,10 @@ def load_recipe(
         apply_set(data, parts, value, origin=f"--set {item}")
         overrides[".".join(parts)] = item
     data.setdefault("name", path.stem)
-    data = resolve_vars(data, variables or {})
+    stored = data.pop("variables", None)  # a run's stored recipe (config.yaml) keeps its record
+    record = path_variables(data, variables or {})
+    data = resolve_vars(data, record.values)
+    data["variables"] = record.model_dump() if record.fields or stored is None else stored
     return validate_recipe(data, origin=str(path), overrides=overrides)
 
 

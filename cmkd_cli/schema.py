@@ -237,6 +237,16 @@ class Compare(StrictModel):
         return {"variants": value} if isinstance(value, list) else value
 
 
+class PathVariables(StrictModel):
+    """Filled by the loader, not written in recipes: the `${name}` variables the recipe was
+    loaded with, as absolute paths, and the fields that used them (dotted field ->
+    template), so a run's paths hold from any directory and `cmkd eval --var name=PATH`
+    can point them elsewhere."""
+
+    values: dict[str, str] = Field(default_factory=dict)
+    fields: dict[str, str] = Field(default_factory=dict)
+
+
 class RecipeBase(StrictModel):
     """The fields of a recipe apart from `method` (see `Recipe`)."""
 
@@ -256,6 +266,7 @@ class RecipeBase(StrictModel):
     output: OutputConfig = Field(default_factory=OutputConfig)
     seeds: list[int] | None = Field(None, description="run once per seed (mean ± std)")
     compare: Compare = Field(default_factory=Compare)
+    variables: PathVariables = Field(default_factory=PathVariables)
 
     @model_validator(mode="after")
     def _unique_variants(self) -> RecipeBase:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from rich.table import Table
 
 from cmkd_cli import console, units
-from cmkd_cli.config import validate_recipe
+from cmkd_cli.config import rebind_variables, validate_recipe
 from cmkd_cli.data.audio import load_audio
 from cmkd_cli.data.datasets import build_data
 from cmkd_cli.data.fbank import FbankStore
@@ -32,7 +32,7 @@ from cmkd_cli.data.noise import NoiseBank
 from cmkd_cli.data.speaker import open_store, utterance_key
 from cmkd_cli.engine.distributed import init_distributed
 from cmkd_cli.engine.loop import make_loaders
-from cmkd_cli.errors import DataError, UsageError
+from cmkd_cli.errors import CmkdError, DataError, UsageError
 from cmkd_cli.metrics.plots import plot_det
 from cmkd_cli.metrics.trials import Scoring, Trials, read_trials, score_trials, write_scores
 from cmkd_cli.metrics.verification import compute_eer, compute_min_dcf, det_curve
@@ -55,7 +55,12 @@ class EvalOptions(EmbedOptions):
 
     checkpoint: Path = Field(description="student.pt or a run's best.pt/last.pt")
     trials: list[str] = Field(default_factory=list, description="trial list names or files")
-    manifest: Path | None = Field(None, description="manifest of the test utterances")
+    manifest: Path | None = Field(
+        None, description="speaker: the test utterances; others: the dataset (default: the run's)"
+    )
+    variables: dict[str, str] = Field(
+        default_factory=dict, description="the run's ${name} path variables given again"
+    )
     fbank: Path | None = Field(None, description="fbank store of the test utterances")
     lists: Path | None = Field(None, description="folder of the trial lists")
     original: bool = Field(False, description="the original VoxCeleb lists, not the cleaned")
@@ -211,7 +216,12 @@ def run(options: EvalOptions) -> EvalResult:
     o = options
     student = load(o.checkpoint, o.device)
     if not student.is_speaker:
-        return evaluate_classification(o.checkpoint, student)
+        return evaluate_classification(o.checkpoint, student, o.manifest, o.variables)
+    if o.variables:
+        raise UsageError(
+            "--var: a speaker checkpoint reads its test data from --manifest/--fbank, "
+            "not from the run's paths"
+        )
     scoring = student.scoring_with(score=o.score, p_target=o.p_target, c_miss=o.c_miss, c_fa=o.c_fa)
     if o.manifest is None:
         raise UsageError("--manifest is required for speaker checkpoints (the test utterances)")
@@ -247,10 +257,35 @@ def run(options: EvalOptions) -> EvalResult:
     return EvalResult(checkpoint=str(o.checkpoint), task=student.task, results=results)
 
 
-def evaluate_classification(checkpoint: Path, student: Student) -> EvalResult:
-    """The task's metrics of the student on the recipe's test split (+ per-class IoU)."""
-    r = validate_recipe(student.package["recipe"], origin=f"{checkpoint} (stored recipe)")
-    data = build_data(r.data)
+def evaluate_classification(
+    checkpoint: Path,
+    student: Student,
+    manifest: Path | None = None,
+    variables: dict[str, str] | None = None,
+) -> EvalResult:
+    """The task's metrics of the student on the recipe's test split (+ per-class IoU), read
+    from the data the run used (its recorded absolute paths), from those paths with the
+    `variables` given again (`--var data_root=/new/place`), or from `manifest` (the prepared
+    dataset given with --manifest) in place of the recipe's `data.params.manifest`."""
+    recipe = student.package["recipe"]
+    if variables:
+        recipe = rebind_variables(recipe, variables, str(checkpoint))
+    r = validate_recipe(recipe, origin=f"{checkpoint} (stored recipe)")
+    if manifest is not None:
+        if "manifest" not in r.data.params:
+            raise UsageError(
+                f"--manifest: the data of {checkpoint} (`{r.data.name}`) reads no manifest"
+            )
+        params = {**r.data.params, "manifest": str(manifest.resolve())}
+        r = r.model_copy(update={"data": r.data.model_copy(update={"params": params})})
+    try:
+        data = build_data(r.data)
+    except CmkdError as exc:  # data that moved: say how to point eval at it
+        used = ", ".join(f"{k}={v}" for k, v in r.variables.values.items())
+        raise type(exc)(
+            f"{exc}; give the test data with --manifest PATH"
+            + (f" or --var NAME=PATH (the run used {used})" if used else "")
+        ) from None
     loaders = make_loaders(data, r, init_distributed(student.device.type))
     task = build_task(r.task, data.num_classes, r.task_params)
     model, dev = student.model, student.device

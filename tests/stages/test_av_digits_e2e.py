@@ -4,8 +4,10 @@ the KD recipe in both directions (a teacher per direction, trained by `teacher.p
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -17,7 +19,7 @@ FAST = [
 ]  # fmt: skip
 
 
-def test_av_digits_kd_both_directions(cli, tmp_path: Path, shared_data: Path) -> None:
+def test_av_digits_kd_both_directions(cli, tmp_path: Path, shared_data: Path, monkeypatch) -> None:
     prep = cli(
         "--json", "prepare", "av-digits", "--root", shared_data, "--out", tmp_path / "av-digits",
         "--takes", "8", "--split", "speaker", "--workers", "1",
@@ -25,7 +27,8 @@ def test_av_digits_kd_both_directions(cli, tmp_path: Path, shared_data: Path) ->
     assert prep.code == 0, prep.stderr
     assert prep.json()["splits"] == {"test": 80, "train": 320, "val": 80}
 
-    args = ["--json", "distill", "--recipe", "av-digits-kd", "--var", f"data_root={tmp_path}"]
+    # a relative data root (the cwd is tmp_path): the run records it as an absolute path
+    args = ["--json", "distill", "--recipe", "av-digits-kd", "--var", "data_root=."]
     res = cli(*args, *FAST)
     assert res.code == 0, res.stderr
     out = res.json()
@@ -65,3 +68,23 @@ def test_av_digits_kd_both_directions(cli, tmp_path: Path, shared_data: Path) ->
 
     again = cli(*args, *FAST)
     assert again.code == 0 and {r["status"] for r in again.json()["runs"]} == {"done"}
+
+    # eval from another directory reads the data as the run resolved it ...
+    best = root / "kd" / "seed-1" / "best.pt"
+    test = json.loads((root / "kd" / "seed-1" / "final.json").read_text())["test"]["accuracy"]
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    ev = cli("--json", "eval", "-c", best)
+    assert ev.code == 0, ev.stderr
+    assert ev.json()["metrics"]["accuracy"] == pytest.approx(test)
+    # ... and, once the data moved, from --var (relative to the cwd) or --manifest
+    (tmp_path / "moved").mkdir()
+    shutil.move(tmp_path / "av-digits", tmp_path / "moved" / "av-digits")
+    lost = cli("eval", "-c", best)
+    assert lost.code == 1 and f"--var NAME=PATH (the run used data_root={tmp_path})" in lost.stderr
+    for flags in (["--var", "data_root=../moved"], ["--manifest", "../moved/av-digits"]):
+        moved = cli("--json", "eval", "-c", best, *flags)
+        assert moved.code == 0, moved.stderr
+        assert moved.json()["metrics"]["accuracy"] == pytest.approx(test)
+    wrong = cli("eval", "-c", best, "--var", "data=/x")
+    assert wrong.code == 2 and "was not made with a variable ${data}" in wrong.stderr

@@ -87,13 +87,14 @@ def _cases():
             + ["--fbank", "f", "--lists", "l", "--original", "--musan", "mu"]
             + ["--musan-snr", "5", "--det", "d.png", *embed_flags]
             + ["--score", "distance", "--p-target", "0.05", "--c-miss", "2", "--c-fa", "3"]
-            + ["--scores-out", "s.txt"],
+            + ["--scores-out", "s.txt", "--var", "data_root=/d"],
             "evaluate",
             "run",
             evaluate.EvalOptions(
                 checkpoint=P("best.pt"),
                 trials=["a", "b"],
                 manifest=P("m"),
+                variables={"data_root": "/d"},
                 fbank=P("f"),
                 lists=P("l"),
                 original=True,
