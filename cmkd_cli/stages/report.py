@@ -163,14 +163,15 @@ def load_study(root: Path) -> tuple[Any, list[PendingRun]]:
                 epochs=jr.train.epochs,
             )
         )
-    previous = root / "results.json"
-    teacher = json.loads(previous.read_text()).get("teacher") if previous.exists() else None
+    previous = root / "results.json"  # what distill wrote last: its teacher and grid choices
+    prior = json.loads(previous.read_text()) if previous.exists() else {}
     result = distill.DistillResult(
         name=recipe.name,
         root=str(root),
         metric=recipe.eval.metric,
         ci=recipe.compare.ci,
-        teacher=teacher,
+        teacher=prior.get("teacher"),
+        selection=prior.get("selection") or {},
         runs=runs,
         table=distill.tabulate(
             runs, recipe.eval.metric, distill.baselines(recipe), recipe.compare.ci
