@@ -76,8 +76,10 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
         torch.save(obj, tmp)
 
 
-def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read a JSON-lines file; a malformed line is reported with its number."""
+def read_jsonl(path: str | os.PathLike[str], growing: bool = False) -> list[dict[str, Any]]:
+    """Read a JSON-lines file; a malformed line is reported with its number. `growing`: the
+    file may be appended to right now (a run's metrics.jsonl), so a last line without its
+    newline that does not parse yet is left out."""
     rows = []
     with open(path) as fh:
         for n, line in enumerate(fh, 1):
@@ -86,5 +88,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
+                if growing and not line.endswith("\n"):
+                    break
                 raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
     return rows

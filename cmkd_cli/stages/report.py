@@ -75,7 +75,7 @@ def run_name(run_dir: Path, recipe: dict[str, Any]) -> str:
 
 
 def report_run(run_dir: Path, plots: bool) -> RunReport:
-    rows = read_jsonl(run_dir / METRICS_FILE)
+    rows = read_jsonl(run_dir / METRICS_FILE, growing=True)  # the run may be training
     epochs = [r for r in rows if r.get("kind") == "epoch"]
     final_path = run_dir / "final.json"
     final = json.loads(final_path.read_text()) if final_path.exists() else None
@@ -152,7 +152,9 @@ def load_study(root: Path) -> tuple[Any, list[PendingRun]]:
             continue
         metrics = run_dir / METRICS_FILE
         closed = (
-            [r for r in read_jsonl(metrics) if r.get("kind") == "epoch"] if metrics.exists() else []
+            [r for r in read_jsonl(metrics, growing=True) if r.get("kind") == "epoch"]
+            if metrics.exists()
+            else []
         )
         pending.append(
             PendingRun(

@@ -38,6 +38,9 @@ def test_quiet_prints_the_answer_and_units_are_percent_for_humans(cli, tmp_path:
     assert "val/accuracy (%)" in rep.stdout and f"test: accuracy {100 * test:.2f}%" in rep.stdout
     row = cli("--json", "report", run, "--no-plots").json()["runs"][0]["epochs"][-1]
     assert 0 < row["val/accuracy"] < 1
+    with open(run / "metrics.jsonl", "a") as fh:  # a row being written while report reads
+        fh.write('{"kind": "step", "lo')
+    assert cli("report", run, "--no-plots").code == 0
 
     teacher = cli("--quiet", "train-teacher", "--recipe", "quickstart", *FAST)
     assert teacher.code == 0, teacher.stderr
