@@ -345,10 +345,11 @@ def _eval(
 
     Speaker checkpoints: reads the trial list(s), the test manifest and fbank store (or
     decodes the audio, e.g. to mix MUSAN noise at --musan-snr dB); prints EER and minDCF.
-    Classification checkpoints: accuracy on the recipe's test split. Writes only the DET
-    PNG asked for with --det and the scores asked for with --scores-out (one file per trial
-    list and noise level: FILE-LIST[-snrN].txt when there are several); --json prints the
-    result.
+    Classification and segmentation checkpoints: the metrics on the test split of the data
+    the run read (its paths are recorded absolute), or of --manifest, or with --var
+    NAME=PATH when the data moved. Writes only the DET PNG asked for with --det and the
+    scores asked for with --scores-out (one file per trial list and noise level:
+    FILE-LIST[-snrN].txt when there are several); --json prints the result.
     """
     from cmkd_cli.stages import evaluate as stage  # start-up: see the docstring
 

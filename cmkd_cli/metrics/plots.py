@@ -147,17 +147,17 @@ def plot_study(
 
 
 def plot_kept(series: list[KeptSeries], path: Path) -> Path:
-    """OFSD's kept fraction per epoch, one line per variant (C2KD Fig. 3)."""
+    """OFSD's kept share per epoch in percent, one line per variant (C2KD Fig. 3)."""
     from matplotlib.ticker import MaxNLocator  # lazy: module docstring
 
     fig = _figure()
     ax = fig.add_subplot()
     for s in series:
-        ax.plot([e + 1 for e in s.epochs], s.kept, marker=".", label=s.variant)
+        ax.plot([e + 1 for e in s.epochs], [100 * k for k in s.kept], marker=".", label=s.variant)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("fraction of samples kept (score > omega)")
-    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("samples kept: score > omega (%)")
+    ax.set_ylim(0, 102)
     ax.set_title("OFSD sample selection over training (C2KD Fig. 3)")
     ax.grid(True, alpha=0.4)
     ax.legend()

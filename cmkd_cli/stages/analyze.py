@@ -311,11 +311,11 @@ def render(result: AnalyzeResult) -> Group:
     """One table per analysis, then the notes and the plots written."""
     parts: list[Any] = []
     if result.kept:
-        t = Table(title="fraction of samples OFSD keeps, per epoch (C2KD Fig. 3)")
-        for c in ("variant", "seeds", "from", "kept per epoch"):
+        t = Table(title="share of samples OFSD keeps, per epoch (C2KD Fig. 3)")
+        for c in ("variant", "seeds", "from", "kept per epoch (%)"):
             t.add_column(c)
         for s in result.kept:
-            t.add_row(s.variant, str(s.seeds), s.source, " ".join(f"{v:.3f}" for v in s.kept))
+            t.add_row(s.variant, str(s.seeds), s.source, " ".join(f"{100 * v:.1f}" for v in s.kept))
         parts.append(t)
     if result.krc:
         t = Table(title=f"KRC of teacher vs student logits, {result.split} split (C2KD Fig. 1b)")

@@ -167,7 +167,7 @@ def verify(
     png = None
     if det is not None:
         far, frr = det_curve(scores, trials.labels)
-        png = str(plot_det(far, frr, det, label=f"{path.name} EER {100 * eer:.2f}%"))
+        png = str(plot_det(far, frr, det, label=f"{path.name} EER {units.percent(eer)}"))
     if scores_out is not None:
         write_scores(scores_out, trials, scores)
     return TrialResult(

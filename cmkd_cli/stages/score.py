@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
+from cmkd_cli import units
 from cmkd_cli.data.speaker import utterance_key
 from cmkd_cli.errors import DataError, UsageError
 from cmkd_cli.metrics.trials import Scoring, Trials, read_trial_pairs, score_trials, write_scores
@@ -138,5 +139,5 @@ def run(options: ScoreOptions) -> ScoreResult:
 def render(result: ScoreResult) -> str:
     line = f"{result.n_trials} trials ({result.utterances} utterances) scored into {result.out}"
     if result.eer is not None:
-        line += f"; EER {100 * result.eer:.2f}%, minDCF {result.min_dcf:.3f}"
+        line += f"; EER {units.percent(result.eer)}, minDCF {result.min_dcf:.3f}"
     return line

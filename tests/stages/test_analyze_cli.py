@@ -148,6 +148,8 @@ def test_analyze_study_and_c2kd_run(cli, tmp_path: Path) -> None:
     human = cli("analyze", run, "--kept", "--cost")
     assert human.code == 0, human.stderr
     assert "OFSD keeps" in human.stdout and "n/a on CPU" in human.stdout
+    assert "kept per epoch (%)" in human.stdout  # rates in percent for people, JSON fractions
+    assert " ".join(f"{100 * v:.1f}" for v in kept["kept"]) in human.stdout
 
     # a run without a teacher: one clear line and exit 2 for the checkpoint analyses
     baseline = root / "baseline" / "seed-1"

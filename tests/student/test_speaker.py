@@ -7,6 +7,7 @@ utterances of four held-out speakers.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -152,8 +153,13 @@ def test_score_and_embed_write_eval_scores(speaker_run, cli, tmp_path) -> None:
     assert res.json()["n_target"] == 12 and res.json()["eer"] is not None
     root = speaker_run.test_wavs["id3080/00000.wav"].parents[1]
     from_wavs = tmp_path / "wavs.txt"
-    res = cli("score", "-c", ckpt, "--trials", speaker_run.trials, "--root", root, "-o", from_wavs)
+    assert 0 <= res.json()["eer"] <= 1  # a fraction in JSON ...
+    res = cli(
+        "--quiet", "score", "-c", ckpt, "--trials", speaker_run.trials, "--root", root,
+        "-o", from_wavs,
+    )  # fmt: skip
     assert res.code == 0, res.stderr
+    assert re.search(r"EER \d+\.\d\d%", res.stdout)  # ... percent for people, also with --quiet
     np.testing.assert_allclose(_scores(from_wavs)[1], ev_scores, rtol=0, atol=1e-5)
 
     # cmkd embed, then cmkd score from its crops
