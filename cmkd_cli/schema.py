@@ -35,7 +35,12 @@ class DataConfig(StrictModel):
     params: dict[str, Any] = Field(default_factory=dict)
     batch_size: int = Field(64, ge=1, description="global batch size (all processes together)")
     eval_batch_size: int = Field(256, ge=1)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int | None = Field(
+        None,
+        ge=0,
+        description="loader worker processes per training process (default: from the CPU "
+        "count, `engine.loaders.default_workers`)",
+    )
     drop_last: bool = True
 
     def identity(self) -> dict[str, Any]:
@@ -113,6 +118,29 @@ class TrainConfig(StrictModel):
     cache_dir: str | None = Field(None, description="default: $CMKD_CACHE_DIR or ~/.cache/cmkd")
     keep_last: int | None = Field(
         None, ge=1, description="keep the last K epochs' weights in RUN/epochs/ (cmkd average)"
+    )
+    input_cache: bool = Field(
+        True,
+        description="keep decoded inputs on disk (memory-mapped, keyed by the preprocessing): "
+        "static views once, the decode of augmented ones (data/input_cache.py)",
+    )
+    input_cache_gb: float = Field(
+        20.0,
+        gt=0,
+        description="largest input cache (one split, one modality) written, in GiB; a larger "
+        "one, or one over half the free disk, is decoded per draw instead",
+    )
+    channels_last: bool = Field(
+        False, description="models and 4-D inputs in channels_last memory format"
+    )
+    compile: bool = Field(
+        False, description="torch.compile the student and teacher (same outputs, faster steps)"
+    )
+    compile_backend: str = Field(
+        "inductor", description="torch.compile backend (inductor; aot_eager to debug)"
+    )
+    compile_mode: str | None = Field(
+        None, description="torch.compile mode (default, reduce-overhead, max-autotune)"
     )
 
 

@@ -9,10 +9,13 @@ whichever process, worker or resumed run draws it.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from cmkd_cli.registry import Registry, check_kwargs
@@ -55,11 +58,33 @@ class KeyedDataset(Dataset):
     Evaluation splits may also offer `raw_input(index)`: the sample's student input as a
     user would give it to `cmkd_cli.load` (a file path, a `(waveform, rate)` pair, an image
     array, a text), on which `cmkd export` checks its graph when no `--input` is given.
+
+    `seed` and `epoch` live in a two-number tensor in shared memory, so DataLoader worker
+    processes that outlive an epoch (`persistent_workers`) see the epoch `set_epoch` sets in
+    the training process: every epoch draws its own augmentations in any worker.
     """
 
     def __init__(self) -> None:
-        self.seed = 0
-        self.epoch = 0
+        self._key = torch.zeros(2, dtype=torch.int64).share_memory_()
+        #: the inputs items carry: the engine leaves out one nobody reads (the student's
+        #: when a teacher trains alone, the teacher's when its outputs are cached)
+        self.inputs: tuple[str, ...] = ("x", "t")
+
+    @property
+    def seed(self) -> int:
+        return int(self._key[0])
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self._key[0] = value
+
+    @property
+    def epoch(self) -> int:
+        return int(self._key[1])
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._key[1] = value
 
     def set_epoch(self, epoch: int, seed: int | None = None) -> None:
         self.epoch = epoch
@@ -88,6 +113,10 @@ class DataBundle:
     #: the evaluation preprocessing of the student's input `x` (`data.preprocess`), which
     #: checkpoints and `student.pt` carry so that a student is usable without its data
     student_input: Preprocessing | None = None
+    #: `input_cache(root, workers, budget)` decodes the inputs once into memory-mapped caches
+    #: under `root` (each at most `budget` bytes) and reads them from then on
+    #: (`data/input_cache.py`); None: nothing to cache
+    input_cache: Callable[[Path, int, int], None] | None = None
 
     def spec(self) -> dict[str, Any]:
         """What models and methods need to know of the data (also stored in checkpoints)."""

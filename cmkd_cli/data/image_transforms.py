@@ -197,12 +197,22 @@ class ImageTransform:
         ]
         return TF.center_crop(TF.resize(img, resized, antialias=True), size)
 
-    def __call__(
+    def pixels(
         self, images: list[torch.Tensor], rng: np.random.Generator | None = None
     ) -> torch.Tensor:
+        """The cropped / resized uint8 images `[N, C, H, W]`, before scaling."""
         if rng is None:
             out = [self.eval_one(img) for img in images]
         else:
             params = self.draw(images[0].shape[-2], images[0].shape[-1], rng)
             out = [self.train_one(img, params) for img in images]
-        return self.normalize(TF.to_dtype(torch.stack(out), torch.float32, scale=True))
+        return torch.stack(out)
+
+    def from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels `[N, C, H, W]` scaled to [0, 1] and normalised (`PixelNormalize`)."""
+        return self.normalize(TF.to_dtype(pixels, torch.float32, scale=True))
+
+    def __call__(
+        self, images: list[torch.Tensor], rng: np.random.Generator | None = None
+    ) -> torch.Tensor:
+        return self.from_pixels(self.pixels(images, rng))

@@ -29,6 +29,7 @@ and a frozen teacher's outputs are cached.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,12 +38,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from pydantic import BaseModel, ValidationError
 
 from cmkd_cli import console
 from cmkd_cli.data.audio import load_audio
 from cmkd_cli.data.datasets import DataBundle, KeyedDataset, register_dataset, stratified_subset
 from cmkd_cli.data.image_transforms import ImageTransform, ImageTransformConfig, load_image
+from cmkd_cli.data.input_cache import InputCache, Row, build_cache, cache_key, file_stamp
 from cmkd_cli.data.manifest import CLASSES, MANIFEST, Record, read_classes, read_manifest, resolve
 from cmkd_cli.data.preprocess import (
     ImageInput,
@@ -52,7 +55,7 @@ from cmkd_cli.data.preprocess import (
     load_tokens,
 )
 from cmkd_cli.data.spectrogram import SpectrogramConfig, spectrogram
-from cmkd_cli.errors import UsageError
+from cmkd_cli.errors import DataError, UsageError
 
 MODALITIES = ("audio", "frames", "image", "text", "label_prompt")
 #: the record field each modality reads
@@ -89,7 +92,9 @@ class Views:
 
     With `cache`, decoded audio and images are kept in memory, and so are evaluation views
     (which never change): a small dataset is decoded once per process, whatever the number
-    of epochs and runs; the random training transforms still run on every draw.
+    of epochs and runs; the random training transforms still run on every draw. `decoded`
+    (audio: the waveform; frames / image: uint8 `[n, C, H, W]`) spares reading the files:
+    what the on-disk input cache (`data/input_cache.py`) stores for augmented views.
     """
 
     def __init__(
@@ -121,13 +126,19 @@ class Views:
             samples = samples[lo:hi]
         return samples
 
-    def audio(self, s: Sample, rng: np.random.Generator | None) -> torch.Tensor:
-        key = (s.audio, s.start, s.end)
-        samples = self._cached(("wave", *key), lambda: self._samples(s))
+    def waveform(self, s: Sample) -> np.ndarray:
+        """The record's audio at the dataset's rate, cut to its `start`/`end`."""
+        return self._cached(("wave", s.audio, s.start, s.end), lambda: self._samples(s))
+
+    def audio(
+        self, s: Sample, rng: np.random.Generator | None, decoded: np.ndarray | None = None
+    ) -> torch.Tensor:
+        samples = self.waveform(s) if decoded is None else decoded
         if rng is not None and len(samples) > self.audio_cfg.n_samples:
             return spectrogram(samples, self.audio_cfg, rng)  # a random crop
         # no crop to draw (a clip no longer than the input is filled): the same every time
-        return self._cached(("spec", *key), lambda: spectrogram(samples, self.audio_cfg))
+        key = ("spec", s.audio, s.start, s.end)
+        return self._cached(key, lambda: spectrogram(samples, self.audio_cfg))
 
     def picks(self, s: Sample, rng: np.random.Generator | None) -> list[int]:
         """The frames a sample shows: evenly spaced for evaluation, else a sorted draw."""
@@ -136,18 +147,28 @@ class Views:
             return [math.floor((i + 0.5) * n / k) for i in range(k)]
         return sorted(rng.choice(n, size=k, replace=n < k).tolist())
 
-    def frame_stack(self, s: Sample, rng: np.random.Generator | None) -> torch.Tensor:
-        frames = [self._decoded(s.frames[i], rng is not None) for i in self.picks(s, rng)]
-        return self.image(frames, rng)
+    def frame_stack(
+        self, s: Sample, rng: np.random.Generator | None, decoded: np.ndarray | None = None
+    ) -> torch.Tensor:
+        picks = self.picks(s, rng)
+        train = rng is not None
+        return self.image([self._decoded(s.frames[i], train, decoded, i) for i in picks], rng)
 
-    def _decoded(self, path: Path, train: bool = False) -> torch.Tensor:
-        img = self._cached(("image", path), lambda: load_image(path, self.channels))
+    def _decoded(
+        self, path: Path, train: bool = False, decoded: np.ndarray | None = None, i: int = 0
+    ) -> torch.Tensor:
+        if decoded is not None:
+            img = torch.from_numpy(decoded[i])
+        else:
+            img = self._cached(("image", path), lambda: load_image(path, self.channels))
         if not train:
             return img
         return self._cached(("train-source", path), lambda: self.image.train_source(img))
 
-    def picture(self, s: Sample, rng: np.random.Generator | None) -> torch.Tensor:
-        return self.image([self._decoded(s.image, train=rng is not None)], rng)[0]
+    def picture(
+        self, s: Sample, rng: np.random.Generator | None, decoded: np.ndarray | None = None
+    ) -> torch.Tensor:
+        return self.image([self._decoded(s.image, rng is not None, decoded)], rng)[0]
 
     def text(self, s: Sample, rng: np.random.Generator | None) -> torch.Tensor:
         return self.tokens[s.text]
@@ -164,6 +185,82 @@ class Views:
         if augment:
             return view(s, rng)
         return self._cached(("view", modality, s.id), lambda: view(s, None))
+
+    # ---- the on-disk input cache's rows (data/input_cache.py) ---------------------------
+    def cache_row(self, modality: str, s: Sample, augment: bool) -> Row:
+        """(static view, decode) of `s` as the input cache stores it; (None, None) when its
+        files do not decode (it is then decoded when drawn, raising the same error)."""
+        try:
+            if modality == "audio":
+                wave = self._samples(s)
+                if augment and len(wave) > self.audio_cfg.n_samples:  # a crop is drawn
+                    return None, wave
+                return spectrogram(wave, self.audio_cfg).numpy(), None
+            paths = s.frames if modality == "frames" else [s.image]
+            if augment:
+                images = [load_image(p, self.channels).numpy() for p in paths]
+                if len({im.shape for im in images}) > 1:
+                    return None, None  # frames of several sizes: decoded when drawn
+                return None, np.stack(images)
+            picks = self.picks(s, None) if modality == "frames" else [0]
+            pixels = self.image.pixels([load_image(paths[i], self.channels) for i in picks])
+            return (pixels if modality == "frames" else pixels[0]).numpy(), None
+        except DataError:
+            return None, None
+
+    def from_cache(self, modality: str, s: Sample, row: Row, rng: np.random.Generator | None):
+        """The view from a cache row: the static view as stored, or the view of the decode."""
+        static, decoded = row
+        if static is None:
+            view = {"audio": self.audio, "frames": self.frame_stack, "image": self.picture}
+            return view[modality](s, rng, decoded)
+        tensor = torch.from_numpy(static)
+        if modality == "audio":
+            return tensor
+        if modality == "frames":
+            return self.image.from_pixels(tensor)
+        return self.image.from_pixels(tensor[None])[0]
+
+    def cache_bytes(self, modality: str, augment: bool, samples: list[Sample]) -> int:
+        """About what a modality's cache of `samples` takes on disk (the decode of augmented
+        frames from the image sizes of up to 32 samples' files, read from their headers)."""
+        n = len(samples)
+        if modality == "audio":
+            return n * self.audio_cfg.n_freq * self.audio_cfg.length * 4
+        if not augment:
+            h, w = self.image.cfg.hw
+            return n * self.channels * h * w * (self.frames if modality == "frames" else 1)
+        probe = samples[:: max(1, n // 32)][:32]
+        total = 0
+        for s in probe:
+            for path in s.frames if modality == "frames" else [s.image]:
+                try:
+                    with Image.open(path) as im:
+                        total += im.size[0] * im.size[1] * self.channels
+                except OSError:
+                    pass
+        return total * n // max(1, len(probe))
+
+    def cache_description(self, modality: str, augment: bool) -> dict[str, Any]:
+        """What a modality's cache rows depend on besides the records (its key)."""
+        if modality == "audio":
+            return {"modality": modality, "augment": augment, **self.audio_cfg.model_dump()}
+        if augment:  # the decode alone
+            return {"modality": modality, "augment": True, "channels": self.channels}
+        image = self.image.cfg.model_dump(mode="json")
+        return {"modality": modality, "augment": False, "frames": self.frames, **image}
+
+
+#: the modalities the input cache holds (text is tokenised once already)
+CACHED = ("audio", "frames", "image")
+
+
+def cache_record(s: Sample, modality: str) -> list[Any]:
+    """A sample's part of an input cache key: id, files, segment and the files' stamps."""
+    if modality == "audio":
+        return [s.id, str(s.audio), s.start, s.end, file_stamp(s.audio)]
+    paths = s.frames if modality == "frames" else [s.image]
+    return [s.id, [str(p) for p in paths], [file_stamp(p) for p in paths]]
 
 
 class ManifestSplit(KeyedDataset):
@@ -182,6 +279,8 @@ class ManifestSplit(KeyedDataset):
         self.samples, self.views = samples, views
         self.student, self.teacher = student, teacher
         self.augment_student, self.augment_teacher = augment_student, augment_teacher
+        #: (modality, augmented) -> its input cache, once `attach_input_cache` ran
+        self.caches: dict[tuple[str, bool], InputCache] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -200,20 +299,65 @@ class ManifestSplit(KeyedDataset):
             return s.words
         raise UsageError(f"a `{self.student}` student has no input of its own")
 
+    def _view(self, modality: str, index: int, rng: np.random.Generator, augment: bool):
+        s = self.samples[index]
+        cache = self.caches.get((modality, augment))
+        if cache is not None:
+            row = (cache.static(index), cache.decoded(index))
+            if row[0] is not None or row[1] is not None:
+                return self.views.from_cache(modality, s, row, rng if augment else None)
+        return self.views.get(modality, s, rng, augment)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         s = self.samples[index]
         rx, rt = self.rng(index).spawn(2)
-        x = self.views.get(self.student, s, rx, self.augment_student)
+        item: dict[str, Any] = {"index": index, "y": s.label}
+        if "x" in self.inputs:
+            item["x"] = self._view(self.student, index, rx, self.augment_student)
         parts = self.teacher.split("+")
-        if len(parts) == 1:
-            t = self.views.get(self.teacher, s, rt, self.augment_teacher)
-        else:  # a multimodal teacher: one generator per modality
+        if "t" in self.inputs and len(parts) == 1:
+            item["t"] = self._view(self.teacher, index, rt, self.augment_teacher)
+        elif "t" in self.inputs:  # a multimodal teacher: one generator per modality
             rngs = rt.spawn(len(parts))
-            t = {
-                m: self.views.get(m, s, r, self.augment_teacher)
+            item["t"] = {
+                m: self._view(m, index, r, self.augment_teacher)
                 for m, r in zip(parts, rngs, strict=True)
             }
-        return {"index": index, "x": x, "y": s.label, "t": t}
+        return item
+
+    def cache_row(self, modality: str, augment: bool, index: int) -> Row:
+        return self.views.cache_row(modality, self.samples[index], augment)
+
+    def attach_input_cache(self, root: Path, workers: int, name: str, budget: int) -> None:
+        """Build (or find) and use the input caches of this split's audio and image sides;
+        one that would take more than `budget` bytes is left out (decoded per draw)."""
+        sides = [(self.student, self.augment_student)] if "x" in self.inputs else []
+        if "t" in self.inputs:
+            sides += [(m, self.augment_teacher) for m in self.teacher.split("+")]
+        for modality, augment in dict.fromkeys(sides):
+            if modality not in CACHED:
+                continue
+            key = cache_key(
+                self.views.cache_description(modality, augment),
+                [cache_record(s, modality) for s in self.samples],
+            )
+            size = self.views.cache_bytes(modality, augment, self.samples)
+            if not (root / key).is_dir() and size > budget:
+                console.warn(
+                    f"input cache: the {name} {modality} inputs would take about "
+                    f"{size / 2**30:.1f} GiB, over the {budget / 2**30:.1f} GiB allowed "
+                    "(train.input_cache_gb, half the free disk); decoding them per draw"
+                )
+                continue
+            cache = build_cache(
+                root / key,
+                len(self.samples),
+                functools.partial(self.cache_row, modality, augment),
+                workers,
+                f"decoding {name} {modality} once",
+            )
+            if cache is not None:
+                self.caches[(modality, augment)] = cache
 
 
 def class_list(records: list[Record], manifest: Path, classes: str | None) -> list[tuple[str, str]]:
@@ -357,10 +501,16 @@ def manifest_dataset(
     static = all(
         m == "text" or (m != "label_prompt" and not augment_teacher) for m in teacher_parts
     )
+    train, val, test = split("train", True), split("val", False), split("test", False)
+
+    def input_cache(root: Path, workers: int, budget: int) -> None:
+        for name, ds in (("train", train), ("val", val), ("test", test)):
+            ds.attach_input_cache(root, workers, name, budget)
+
     return DataBundle(
-        train=split("train", True),
-        val=split("val", False),
-        test=split("test", False),
+        train=train,
+        val=val,
+        test=test,
         num_classes=len(entries),
         class_names=[name for _, name in entries],
         info={
@@ -372,6 +522,7 @@ def manifest_dataset(
         },
         teacher_static=static,
         student_input=_student_input(student_modality, audio_cfg, image_cfg, frames, text_cfg),
+        input_cache=input_cache,
     )
 
 

@@ -71,7 +71,7 @@ class SpeakerTrain(KeyedDataset):
         rec = self.records[index]
         x = torch.from_numpy(self.store.crop(rec.id, self.crop_frames, self.rng(index)))
         item = {"index": index, "x": x, "y": self.labels[index]}
-        if self.with_faces:
+        if self.with_faces and "t" in self.inputs:
             item["t"] = load_face(resolve(self.manifest, rec.faces[0]))  # type: ignore[attr-defined]
         return item
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +30,11 @@ from cmkd_cli.engine.checkpoint import (
     save_checkpoint,
     save_epoch_snapshot,
 )
-from cmkd_cli.engine.distributed import DistInfo, to_device
+from cmkd_cli.engine.distributed import DistInfo, barrier, to_device
+from cmkd_cli.engine.loaders import loader_options
 from cmkd_cli.engine.logging import MetricsLogger
 from cmkd_cli.engine.optim import build_optimizer, build_scheduler
+from cmkd_cli.engine.speed import apply_speed_switches, channels_last_inputs
 from cmkd_cli.engine.teacher_cache import build_cache, cache_key
 from cmkd_cli.errors import RunError, UsageError
 from cmkd_cli.io import atomic_write_json, atomic_write_text, default_cache_dir
@@ -80,14 +83,12 @@ def make_loaders(data: Any, recipe: Recipe, dist: DistInfo) -> dict[str, Any]:
             f"data.batch_size: {cfg.batch_size} is not divisible by the {dist.world_size} processes"
         )
     local_bs = cfg.batch_size // dist.world_size
-    pin = dist.device.type == "cuda"
+    options = loader_options(cfg.num_workers, dist.device, dist.world_size)
     if hasattr(data.train, "batch_sampler"):  # the dataset builds its batches (e.g. P x M)
         train_sampler = data.train.batch_sampler(
             cfg.batch_size, recipe.train.seed, dist.rank, dist.world_size
         )
-        train = DataLoader(
-            data.train, batch_sampler=train_sampler, num_workers=cfg.num_workers, pin_memory=pin
-        )
+        train = DataLoader(data.train, batch_sampler=train_sampler, **options)
     else:
         train_sampler = DistributedSampler(
             data.train,
@@ -101,9 +102,8 @@ def make_loaders(data: Any, recipe: Recipe, dist: DistInfo) -> dict[str, Any]:
             data.train,
             batch_size=local_bs,
             sampler=train_sampler,
-            num_workers=cfg.num_workers,
             drop_last=cfg.drop_last,
-            pin_memory=pin,
+            **options,
         )
     if len(train) == 0:
         raise UsageError(
@@ -116,8 +116,7 @@ def make_loaders(data: Any, recipe: Recipe, dist: DistInfo) -> dict[str, Any]:
             ds,
             batch_size=max(1, cfg.eval_batch_size // dist.world_size),
             sampler=_EvalShard(len(ds), dist.rank, dist.world_size),
-            num_workers=cfg.num_workers,
-            pin_memory=pin,
+            **options,
         )
 
     return {
@@ -128,15 +127,46 @@ def make_loaders(data: Any, recipe: Recipe, dist: DistInfo) -> dict[str, Any]:
     }
 
 
-def attach_teacher_cache(method: Method, data: Any, recipe: Recipe, dist: DistInfo) -> None:
-    """Serve a frozen teacher's outputs from disk when its inputs never change."""
-    method.teacher_cache = None
-    if not (
+def attach_input_cache(data: Any, recipe: Recipe, dist: DistInfo) -> None:
+    """Decode the data's inputs once into memory-mapped caches (`data/input_cache.py`):
+    the main process writes them (its loader workers decoding), the others then read them."""
+    if not recipe.train.input_cache or getattr(data, "input_cache", None) is None:
+        return
+    root = Path(recipe.train.cache_dir) if recipe.train.cache_dir else default_cache_dir()
+    root = root / "inputs"
+    root.mkdir(parents=True, exist_ok=True)
+    budget = min(recipe.train.input_cache_gb * 2**30, shutil.disk_usage(root).free / 2)
+    workers = loader_options(recipe.data.num_workers, dist.device, dist.world_size)
+    if dist.is_main:
+        data.input_cache(root, workers["num_workers"], int(budget))
+    barrier()
+    if not dist.is_main:
+        data.input_cache(root, 0, int(budget))
+
+
+def teacher_cache_applies(method: Method, data: Any, recipe: Recipe) -> bool:
+    """Whether a frozen teacher's outputs are served from disk (its input never changes)."""
+    return bool(
         recipe.train.teacher_cache
         and method.teacher is not None
         and method.teacher_frozen
         and getattr(data, "teacher_static", False)
-    ):
+    )
+
+
+def select_inputs(data: Any, method: Method, recipe: Recipe, input_key: str) -> None:
+    """The inputs each split's items carry: the student's (`input_key`), and in training the
+    teacher's unless its outputs are cached; no input nobody reads is decoded."""
+    teacher = method.teacher is not None and not teacher_cache_applies(method, data, recipe)
+    for split in (data.val, data.test):
+        split.inputs = (input_key,)
+    data.train.inputs = tuple(dict.fromkeys([input_key] + (["t"] if teacher else [])))
+
+
+def attach_teacher_cache(method: Method, data: Any, recipe: Recipe, dist: DistInfo) -> None:
+    """Serve a frozen teacher's outputs from disk when its inputs never change."""
+    method.teacher_cache = None
+    if not teacher_cache_applies(method, data, recipe):
         return
     taps = sorted(method.teacher_tap_outputs().keys() | set(method.teacher_tap_paths()))
     key = cache_key(
@@ -146,14 +176,18 @@ def attach_teacher_cache(method: Method, data: Any, recipe: Recipe, dist: DistIn
         taps,
     )
     root = Path(recipe.train.cache_dir) if recipe.train.cache_dir else default_cache_dir()
-    method.teacher_cache = build_cache(
-        root / "teacher-outputs" / key,
-        method.teacher,
-        data.train,
-        method.teacher_tap_outputs,
-        dist,
-        batch_size=recipe.data.eval_batch_size,
-    )
+    inputs, data.train.inputs = data.train.inputs, ("t",)  # the teacher's input, once
+    try:
+        method.teacher_cache = build_cache(
+            root / "teacher-outputs" / key,
+            method.teacher,
+            data.train,
+            method.teacher_tap_outputs,
+            dist,
+            batch_size=recipe.data.eval_batch_size,
+        )
+    finally:
+        data.train.inputs = inputs
 
 
 def _autocast(recipe: Recipe, device: torch.device):
@@ -272,8 +306,11 @@ def build(
     if dist.is_main:  # only rank 0 writes the run
         run_dir.mkdir(parents=True, exist_ok=True)
     method.to(device)
+    select_inputs(data, method, recipe, input_key)
+    attach_input_cache(data, recipe, dist)
     loaders = make_loaders(data, recipe, dist)
     attach_teacher_cache(method, data, recipe, dist)
+    apply_speed_switches(method, recipe.train)
     steps_per_epoch = len(loaders["train"])
     if recipe.train.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, recipe.train.max_steps_per_epoch)
@@ -357,6 +394,8 @@ def train_epoch(trainer: Trainer, state: FitState) -> tuple[dict[str, float], fl
         transient=True,
     ):
         batch = to_device(next(batches), device)
+        if recipe.train.channels_last:
+            batch = channels_last_inputs(batch)
         last_micro = (i + 1) % accum == 0 or i + 1 == steps
         out, total = _forward_backward(trainer, state, batch, i, sync=last_micro)
         if last_micro:
