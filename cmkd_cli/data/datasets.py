@@ -8,8 +8,9 @@ whichever process, worker or resumed run draws it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,6 +94,15 @@ class KeyedDataset(Dataset):
 
     def rng(self, index: int) -> np.random.Generator:
         return keyed_rng(self.seed, self.epoch, index)
+
+    @contextlib.contextmanager
+    def carrying(self, *inputs: str) -> Iterator[KeyedDataset]:
+        """The dataset with its items carrying `inputs` for the length of the block."""
+        kept, self.inputs = self.inputs, inputs
+        try:
+            yield self
+        finally:
+            self.inputs = kept
 
 
 @dataclass

@@ -176,8 +176,7 @@ def attach_teacher_cache(method: Method, data: Any, recipe: Recipe, dist: DistIn
         taps,
     )
     root = Path(recipe.train.cache_dir) if recipe.train.cache_dir else default_cache_dir()
-    inputs, data.train.inputs = data.train.inputs, ("t",)  # the teacher's input, once
-    try:
+    with data.train.carrying("t"):  # the teacher's input, once
         method.teacher_cache = build_cache(
             root / "teacher-outputs" / key,
             method.teacher,
@@ -186,8 +185,6 @@ def attach_teacher_cache(method: Method, data: Any, recipe: Recipe, dist: DistIn
             dist,
             batch_size=recipe.data.eval_batch_size,
         )
-    finally:
-        data.train.inputs = inputs
 
 
 def _autocast(recipe: Recipe, device: torch.device):

@@ -14,12 +14,13 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from cmkd_cli import console, units
 from cmkd_cli.config import load_recipe
-from cmkd_cli.data.datasets import DataBundle, build_data
+from cmkd_cli.data.datasets import DataBundle, KeyedDataset, build_data
 from cmkd_cli.engine.checkpoint import load_checkpoint
 from cmkd_cli.engine.distributed import DistInfo, barrier, init_distributed
 from cmkd_cli.engine.loop import fit
@@ -120,6 +121,12 @@ def teacher_key(recipe: Recipe) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
+def _first_item(split: KeyedDataset) -> dict[str, Any]:
+    """The split's first item with every input (a run before may have narrowed them)."""
+    with split.carrying("x", "t"):
+        return split[0]
+
+
 def train(
     recipe: Recipe, out: Path, dist: DistInfo, data: DataBundle | None = None
 ) -> TeacherResult:
@@ -141,7 +148,7 @@ def train(
     data = data or build_data(t_recipe.data)
     if data.teacher_val is not None:  # evaluate the teacher on its own modality
         data = dataclasses.replace(data, val=data.teacher_val, test=data.teacher_val)
-    elif len(data.val) and "t" not in data.val[0]:
+    elif len(data.val) and "t" not in _first_item(data.val):
         raise UsageError(
             f"data ({t_recipe.data.name}): no evaluation split on the teacher's modality; for "
             "speaker data, the manifest's `face_eval_split` needs faces of two or more speakers"
