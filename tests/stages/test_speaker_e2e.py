@@ -354,6 +354,13 @@ def test_speaker_pipeline(cli, work: Path, monkeypatch) -> None:
     assert res.json()["teacher"]["trained"] is False  # the teacher above is reused
     assert res.json()["teacher"]["out"] == str(teacher_dir)
     soft = work / "runs" / "soft-vox2-feature" / "best.pt"
+    # lean checkpoints (issue 14 item 5): the ResNet34 speaker student's best.pt and the
+    # teacher's are their weights and a little metadata (<= 2x), last.pt carries Adam's state
+    for best in (soft, teacher_dir / "best.pt"):
+        held = torch.load(best, weights_only=True)
+        weights = sum(t.numel() * t.element_size() for t in held["student"].values())
+        assert best.stat().st_size <= 2 * weights, (best, best.stat().st_size, weights)
+        assert (best.parent / "last.pt").stat().st_size > 2 * weights  # what a resume needs
     rows = [json.loads(x) for x in (soft.parent / "metrics.jsonl").read_text().splitlines()]
     assert any("loss/soft_feature" in r for r in rows if r["kind"] == "step")
 
