@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from cmkd_cli import __version__, console
+from cmkd_cli import __version__, console, interrupts
 
 try:  # typer >= 0.20 vendors click
     from typer._click.exceptions import ClickException
@@ -122,12 +122,19 @@ def distill(
     variant: Annotated[
         list[str] | None, typer.Option("--variant", help="run only these compare variants")
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="replace run directories that hold another recipe"),
+    ] = False,
 ) -> None:
     """Train a student with a distillation method (reads a recipe; writes runs/NAME/).
 
     Reads: the recipe (+ its data and teacher checkpoint). Writes: runs/NAME/{config.yaml,
     metrics.jsonl, last.pt, best.pt, final.json, events.*} per run, and for studies with
     several seeds or `compare:` variants one sub-directory per run plus results.json.
+    A run directory of the same recipe is skipped when finished and resumed when not; one
+    of another recipe is refused (exit 2) unless --overwrite. SIGINT/SIGTERM finish the
+    current step, write last.pt and exit 130/143; --resume DIR continues.
     """
     from cmkd_cli.stages import distill as stage  # start-up: see the docstring
 
@@ -138,6 +145,7 @@ def distill(
         seeds=stage.parse_seeds(seeds),
         resume=resume,
         variants=variant or [],
+        overwrite=overwrite,
     )
     result = stage.run(options)
     console.emit(result, stage.render(result))
@@ -151,6 +159,9 @@ def train_teacher(
     out: Annotated[
         Path | None, typer.Option("--out", help="output directory (default runs/NAME/teacher)")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace an OUT that holds another teacher")
+    ] = False,
 ) -> None:
     """Train the recipe's teacher on its own modality (reads a recipe; writes teacher.pt).
 
@@ -160,7 +171,7 @@ def train_teacher(
     from cmkd_cli.stages import train_teacher as stage  # start-up: see the docstring
 
     options = stage.TeacherOptions(
-        recipe=recipe, sets=set_ or [], variables=parse_vars(var), out=out
+        recipe=recipe, sets=set_ or [], variables=parse_vars(var), out=out, overwrite=overwrite
     )
     result = stage.run(options)
     console.emit(result, stage.render(result))
@@ -820,10 +831,11 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn errors into one sentence and an exit code."""
     argv = hoist_global_flags(list(sys.argv[1:] if argv is None else argv))
     try:
-        code = app(args=argv, prog_name="cmkd", standalone_mode=False)
+        with interrupts.handle_signals():
+            code = app(args=argv, prog_name="cmkd", standalone_mode=False)
         _leave_process_group()
-        if isinstance(code, int) and code:  # typer turns Ctrl-C into a returned 130
-            if code == 130:
+        if isinstance(code, int) and code:  # click returns (not raises) Exit codes here
+            if code == 130:  # a Ctrl-C that reached click as KeyboardInterrupt
                 console.stderr.print("interrupted")
             sys.exit(code)
     except typer.Exit as exc:
@@ -831,6 +843,17 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         console.stderr.print("aborted")
         sys.exit(130)
+    except interrupts.Interrupted as exc:
+        console.stderr.print(str(exc), markup=False, highlight=False)
+        sys.exit(exc.exit_code)
+    except interrupts.StopNow as stop:
+        console.stderr.print(
+            f"interrupted ({stop}); what was finished is kept: run the same command again "
+            "to continue",
+            markup=False,
+            highlight=False,
+        )
+        sys.exit(interrupts.exit_code(stop.signum))
     except ClickException as exc:
         exc.show()
         sys.exit(2 if exc.exit_code in (2, None) else exc.exit_code)

@@ -60,10 +60,31 @@ def find_recipe(ref: str, relative_to: Path | None = None) -> Path:
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.safe_load` that refuses a key given twice in one mapping (YAML would silently
+    keep the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise UsageError(
+                    f"{self.name}: line {line}: key `{key}` appears twice in one mapping "
+                    f"(first on line {seen[key]})"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_recipe_yaml(path: Path) -> dict[str, Any]:
     """The mapping of fields in one recipe file (its own keys; `extends:` not followed)."""
     try:
-        data = yaml.safe_load(path.read_text())
+        with open(path) as fh:  # the stream's name goes into the loader's messages
+            data = yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" line {mark.line + 1}" if mark else ""
@@ -149,6 +170,16 @@ def apply_set(data: dict[str, Any], parts: list[str], value: Any, origin: str) -
         node[last] = deep_merge({last: node[last]}, {last: value})[last]
     else:
         node[last] = value
+
+
+def apply_sets(data: dict[str, Any], sets: list[str]) -> dict[str, str]:
+    """Apply `--set` items to a recipe's raw data; returns dotted field -> item (for errors)."""
+    overrides = {}
+    for item in sets:
+        parts, value = parse_set(item)
+        apply_set(data, parts, value, origin=f"--set {item}")
+        overrides[".".join(parts)] = item
+    return overrides
 
 
 #: a variable set to one of these makes a field that is only `${name}` null (e.g. no file)
@@ -344,11 +375,7 @@ def load_recipe(
     """Load recipe `ref` (name or path), apply `--set` overrides and `${var}`s, validate."""
     path = find_recipe(ref)
     data = load_raw(path)
-    overrides = {}
-    for item in sets or []:
-        parts, value = parse_set(item)
-        apply_set(data, parts, value, origin=f"--set {item}")
-        overrides[".".join(parts)] = item
+    overrides = apply_sets(data, sets or [])
     data.setdefault("name", path.stem)
     stored = data.pop("variables", None)  # a run's stored recipe (config.yaml) keeps its record
     record = path_variables(data, variables or {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -10,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from cmkd_cli.errors import DataError
+from cmkd_cli.errors import DataError, RunError
 
 
 def current_umask() -> int:
@@ -35,6 +36,11 @@ def atomic_path(path: str | os.PathLike[str]):
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise RunError(f"no space left on device writing {path}") from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -70,10 +76,11 @@ def default_cache_dir() -> Path:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """`torch.save` atomically, through a Python file object so that a full disk is an
+    OSError (ENOSPC) naming the file, not torch's `[enforce fail at inline_container.cc]`."""
     import torch  # lazy: io is used by torch-free stages (prepare, report, recipes)
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    atomic_write(path, lambda fh: torch.save(obj, fh), mode="wb")
 
 
 def read_jsonl(path: str | os.PathLike[str], growing: bool = False) -> list[dict[str, Any]]:
@@ -92,3 +99,14 @@ def read_jsonl(path: str | os.PathLike[str], growing: bool = False) -> list[dict
                     break
                 raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
     return rows
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the `.NAME.*.tmp` files `atomic_path` leaves when its process is killed (call
+    it only while holding the folder's lock: a live writer's temporary looks the same)."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed

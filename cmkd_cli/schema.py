@@ -6,9 +6,23 @@ Method hyper-parameters live with each method (`cmkd_cli/methods/*.py`) as a sub
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+
+def single_component(name: str) -> str:
+    """A name that becomes one folder: not empty, no `/` or `\\`, not `.` or `..`."""
+    if not name or "/" in name or "\\" in name or "\0" in name or name in (".", ".."):
+        raise ValueError(
+            f"{name!r} must be a single path component (no '/', not '.' or '..'): it names a "
+            "folder inside output.root"
+        )
+    return name
+
+
+#: a recipe, variant or run name: one folder inside output.root, never outside it
+FolderName = Annotated[str, AfterValidator(single_component)]
 
 
 class StrictModel(BaseModel):
@@ -111,6 +125,9 @@ class TrainConfig(StrictModel):
         description="write last.pt every N epochs and after the last (a killed run redoes at "
         "most N-1 epochs; for many short epochs, e.g. a low-data benchmark)",
     )
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="also write last.pt every this many optimiser steps (mid-epoch)"
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
     teacher_cache: bool = Field(
         True, description="cache a frozen teacher's outputs on disk when its input is static"
@@ -208,14 +225,16 @@ class EvalConfig(StrictModel):
 
 class OutputConfig(StrictModel):
     root: str = "runs"
-    name: str | None = Field(None, description="run directory name (default: the recipe name)")
+    name: FolderName | None = Field(
+        None, description="run directory name inside `root` (default: the recipe name)"
+    )
     tensorboard: bool = True
 
 
 class Variant(StrictModel):
     """One row of a comparison table: dotted overrides applied on top of the recipe."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
+    name: FolderName = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
     set: dict[str, Any] = Field(default_factory=dict)
     baseline: str | None = Field(
         None, description="the row this one is paired with (default: compare.baseline)"
@@ -278,7 +297,7 @@ class PathVariables(StrictModel):
 class RecipeBase(StrictModel):
     """The fields of a recipe apart from `method` (see `Recipe`)."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
+    name: FolderName = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
     description: str = ""
     task: str = "classification"
     task_params: dict[str, Any] = Field(

@@ -6,10 +6,13 @@ module-level worker `Task -> Outcome`, and calls `prepare_tasks`. This module th
   run from the journal OUT/.prepare-state.jsonl (appended as tasks finish, so a killed run
   resumes where it stopped and a second run decodes nothing);
 - runs the other tasks in `workers` processes behind a progress bar;
-- turns a `DataError` raised for a file into a line of OUT/skipped.jsonl, never a crash;
+- turns any error raised for a file into a line of OUT/skipped.jsonl, never a crash of the
+  whole run (files mapping to one sample id: the first is kept, the others skipped);
 - writes OUT/manifest.jsonl and OUT/skipped.jsonl atomically and returns a `PrepareResult`,
   whose `completeness` compares what was written with the dataset's published sizes
-  (`OfficialSize`, each citing where its figure comes from), so a partial copy shows at once.
+  (`OfficialSize`, each citing where its figure comes from), so a partial copy shows at once;
+  a run that keeps no record fails (exit 1) saying so, with skipped.jsonl written;
+- stops on SIGINT/SIGTERM with the journal intact (a rerun continues), workers cancelled.
 `prepare_audio` and `prepare_frames` are the per-file steps most readers need.
 """
 
@@ -30,6 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
 
@@ -37,6 +41,7 @@ from cmkd_cli.data import audio
 from cmkd_cli.data.manifest import SKIPPED, Record, Skipped, write_manifest
 from cmkd_cli.data.video import save_frames
 from cmkd_cli.errors import DataError, UsageError
+from cmkd_cli.interrupts import ignore_in_worker
 from cmkd_cli.io import atomic_write_jsonl
 from cmkd_cli.progress import track
 from cmkd_cli.registry import Registry
@@ -359,7 +364,8 @@ def audio_visual_worker(task: Task) -> Outcome:
 
 def check_image(path: str | os.PathLike[str]) -> tuple[int, int]:
     """(width, height) of a decodable image file; raise DataError for a missing, empty,
-    truncated or non-image file (the whole image is decoded, not only its header)."""
+    truncated or non-image file (the whole image is decoded, not only its header), or a
+    float image (e.g. a 32-bit TIFF) with NaN/Inf pixels."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file does not exist")
@@ -368,9 +374,14 @@ def check_image(path: str | os.PathLike[str]) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             img.load()
-            return img.size
+            pixels = np.asarray(img) if img.mode == "F" else None
+            size = img.size
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from None
+    if pixels is not None and not np.isfinite(pixels).all():
+        bad = int(pixels.size - np.count_nonzero(np.isfinite(pixels)))
+        raise DataError(f"{path}: non-finite pixels: {bad} of {pixels.size} are NaN or Inf")
+    return size
 
 
 def image_worker(task: Task) -> Outcome:
@@ -397,11 +408,13 @@ def pick_seeded(keys: Iterable[str], count: int, seed: int) -> set[str]:
 
 
 def _limit_threads() -> None:
-    """Worker initializer: one compute thread per process (the pool is the parallelism).
+    """Worker initializer: one compute thread per process (the pool is the parallelism);
+    signals are left to the parent, which cancels the pool.
 
     The environment covers torch imported later; torch already imported while the parent's
     main module was re-imported (spawn does that before the initializer) is set directly.
     """
+    ignore_in_worker()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
     if "torch" in sys.modules:
@@ -438,16 +451,40 @@ def parallel_map(
     chunk = max(1, min(64, len(items) // (workers * 8)))
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_limit_threads) as pool:
-        results = pool.map(fn, items, chunksize=chunk)
-        yield from track(results, total=len(items), description=description)
+        try:
+            results = pool.map(fn, items, chunksize=chunk)
+            yield from track(results, total=len(items), description=description)
+        except BaseException:  # a signal or an error: drop the queued work, keep nothing waiting
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def _guarded(worker: Callable[[Task], Outcome], task: Task) -> Outcome:
+    """The worker's outcome; any error it raises skips this task only (with the reason)."""
+    path = task.inputs[0] if task.inputs else task.key
     try:
         return worker(task)
     except DataError as exc:
-        path = task.inputs[0] if task.inputs else task.key
         return Outcome(key=task.key, skipped=[skip(path, exc)])
+    except Exception as exc:  # noqa: BLE001 - one bad file never fails the whole prepare
+        return Outcome(key=task.key, skipped=[skip(path, f"{type(exc).__name__}: {exc}")])
+
+
+def _without_duplicates(tasks: Sequence[Task]) -> tuple[list[Task], list[Outcome]]:
+    """The first task of each sample id; the others as skipped outcomes naming the kept one."""
+    first: dict[str, Task] = {}
+    dropped = []
+    for t in tasks:
+        if t.key not in first:
+            first[t.key] = t
+            continue
+        kept = first[t.key].inputs[0] if first[t.key].inputs else t.key
+        path = t.inputs[0] if t.inputs else t.key
+        reason = f"duplicate: same sample id {t.key!r} as {kept}, which is kept"
+        dropped.append(
+            Outcome(key=f"{t.key}#duplicate-{len(dropped)}", skipped=[skip(path, reason)])
+        )
+    return list(first.values()), dropped
 
 
 def _fingerprint(dataset: str, task: Task) -> str:
@@ -484,11 +521,10 @@ def run_tasks(
     worker: Callable[[Task], Outcome],
     workers: int,
 ) -> tuple[list[Outcome], int]:
-    """Run `tasks` (resuming from the journal); returns (outcomes in task order, reused count)."""
+    """Run `tasks` (resuming from the journal); returns (outcomes in task order, then the
+    skipped duplicates; reused count)."""
+    tasks, duplicates = _without_duplicates(tasks)
     keys = [t.key for t in tasks]
-    if len(set(keys)) != len(keys):
-        dup = next(k for k, n in Counter(keys).items() if n > 1)
-        raise DataError(f"{dataset}: two input files map to the same sample id {dup!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = out_dir / STATE
     state = _read_state(state_path)
@@ -512,7 +548,7 @@ def run_tasks(
         state_path,
         ({"key": k, "fingerprint": prints[k], "outcome": done[k].model_dump()} for k in keys),
     )
-    return [done[k] for k in keys], reused
+    return [done[k] for k in keys] + duplicates, reused
 
 
 def finish(
@@ -530,6 +566,14 @@ def finish(
     outcomes = list(outcomes)
     records = [Record.model_validate(o.record) for o in outcomes if o.record is not None]
     skipped = list(scan_skipped) + [s for o in outcomes for s in o.skipped]
+    if not records:
+        atomic_write_jsonl(Path(opts.out) / SKIPPED, [s.model_dump() for s in skipped])
+        reasons = Counter(reason_kind(s.reason) for s in skipped).most_common(3)
+        why = ", ".join(f"{n} {r}" for r, n in reasons) or "nothing to read"
+        raise DataError(
+            f"{dataset}: no record kept from {opts.root} ({why}); see "
+            f"{Path(opts.out) / SKIPPED}; no manifest written"
+        )
     manifest = write_manifest(opts.out, records, skipped)
     notes = Counter(n for r in records for n in (getattr(r, "notes", None) or []))
     return PrepareResult(

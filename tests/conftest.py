@@ -68,6 +68,42 @@ def cli(capsys, monkeypatch, tmp_path):
     console.configure()  # the defaults again
 
 
+@pytest.fixture
+def spawn(tmp_path):
+    """Start `cmkd ARGS...` as its own process (cwd = the test's temp dir), stderr piped."""
+    import subprocess
+    import sys
+
+    procs = []
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+
+    def start(*args: str) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "cmkd_cli", *[str(a) for a in args]]
+        proc = subprocess.Popen(
+            cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:  # never leave a run behind
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def wait_for(path_or_check, proc, timeout: float = 240.0) -> None:
+    """Poll until `path` exists (or `check()` is true) while `proc` runs."""
+    import time
+
+    check = path_or_check if callable(path_or_check) else path_or_check.exists
+    deadline = time.time() + timeout
+    while not check():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 FIRST = "test_native_stack.py"
 
 

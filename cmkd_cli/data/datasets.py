@@ -104,6 +104,10 @@ class KeyedDataset(Dataset):
         finally:
             self.inputs = kept
 
+    def sample_id(self, index: int) -> str:
+        """What error messages call sample `index` (manifest datasets: the record's id)."""
+        return f"#{index}"
+
 
 @dataclass
 class DataBundle:

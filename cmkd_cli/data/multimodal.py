@@ -308,6 +308,9 @@ class ManifestSplit(KeyedDataset):
                 return self.views.from_cache(modality, s, row, rng if augment else None)
         return self.views.get(modality, s, rng, augment)
 
+    def sample_id(self, index: int) -> str:
+        return self.samples[index].id
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         s = self.samples[index]
         rx, rt = self.rng(index).spawn(2)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -126,3 +128,31 @@ class ClassPairBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self._global_batches())
+
+
+class ResumableSampler(Sampler):
+    """An index or batch sampler whose next pass can start after its first batches.
+
+    `skip_batches(n)` leaves out the first `n * items_per_batch` items of the next pass
+    only (`items_per_batch`: the batch size for an index sampler, 1 for a batch sampler),
+    without loading them: a run resumed mid-epoch sees exactly the batches the
+    uninterrupted run would have seen next. Everything else is the wrapped sampler's.
+    """
+
+    def __init__(self, inner: Any, items_per_batch: int) -> None:
+        self.inner = inner
+        self.items_per_batch = items_per_batch
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
+
+    def skip_batches(self, n: int) -> None:
+        self._skip = n * self.items_per_batch
+
+    def __iter__(self) -> Iterator[Any]:
+        skip, self._skip = self._skip, 0
+        return itertools.islice(iter(self.inner), skip, None)
+
+    def __len__(self) -> int:
+        return len(self.inner)

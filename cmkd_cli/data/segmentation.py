@@ -119,6 +119,9 @@ class SegmentationSplit(KeyedDataset):
         scene = self.scenes[index]
         return scene.rgb if self.student == "rgb" else scene.depth
 
+    def sample_id(self, index: int) -> str:
+        return self.scenes[index].id
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         scene = self.scenes[index]
         views = [

@@ -67,6 +67,9 @@ class SpeakerTrain(KeyedDataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def sample_id(self, index: int) -> str:
+        return self.records[index].id
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
         x = torch.from_numpy(self.store.crop(rec.id, self.crop_frames, self.rng(index)))

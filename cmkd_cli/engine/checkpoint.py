@@ -11,6 +11,8 @@ The student alone, with its preprocessing, is `student.pt` (`cmkd_cli.student.pa
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,17 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@contextmanager
+def rng_isolated() -> Iterator[None]:
+    """Run the block without moving any RNG stream (python, numpy, torch, cuda): what it
+    draws (e.g. evaluation) leaves training's random numbers as they were."""
+    state = capture_rng()
+    try:
+        yield
+    finally:
+        restore_rng(state)
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_torch_save(state, path)
 
@@ -66,7 +79,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 #: what only resuming needs; evaluation checkpoints leave it out
-RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng")
+RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng", "method_extras", "progress")
 EPOCHS_DIR = "epochs"
 
 
@@ -82,10 +95,16 @@ def epoch_snapshots(run_dir: str | Path) -> list[Path]:
     return sorted((Path(run_dir) / EPOCHS_DIR).glob("epoch-[0-9][0-9][0-9][0-9].pt"))
 
 
+def finished_epoch(state: dict[str, Any]) -> int:
+    """The last finished epoch (1-based) of an epoch-end checkpoint; one written before
+    epochs were counted from 1 (no `epochs_done`) stored it 0-based in `epoch`."""
+    return state["epochs_done"] if "epochs_done" in state else state["epoch"] + 1
+
+
 def save_epoch_snapshot(run_dir: str | Path, state: dict[str, Any], keep: int) -> Path:
     """Write RUN/epochs/epoch-NNNN.pt (1-based epoch) and delete all but the last `keep`
     (wespeaker's `avg_model` input: `cmkd average`)."""
-    path = Path(run_dir) / EPOCHS_DIR / f"epoch-{state['epoch'] + 1:04d}.pt"
+    path = Path(run_dir) / EPOCHS_DIR / f"epoch-{finished_epoch(state):04d}.pt"
     save_checkpoint(path, state)
     for old in epoch_snapshots(run_dir)[:-keep]:
         old.unlink(missing_ok=True)

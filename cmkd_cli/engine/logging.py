@@ -23,10 +23,20 @@ class MetricsLogger:
 
             self._tb = SummaryWriter(log_dir=str(run_dir))
 
-    def truncate_after(self, epoch: int) -> None:
-        """On resume: drop rows of epochs that did not complete (they will be redone)."""
+    def truncate_after(self, epoch: int, batch: int) -> None:
+        """On resume at batch `batch` of `epoch`: drop the rows logged after that point by
+        the stopped process (they will be redone)."""
         if self.enabled and self.path.exists():
-            rows = [r for r in read_jsonl(self.path) if r.get("epoch", 0) <= epoch]
+            rows = [
+                r
+                for r in read_jsonl(self.path)
+                if r.get("epoch", 0) < epoch
+                or (
+                    r.get("epoch") == epoch
+                    and r.get("kind") == "step"
+                    and r.get("batch", 0) <= batch
+                )
+            ]
             atomic_write_jsonl(self.path, rows)
 
     def log(self, row: dict[str, Any]) -> None:

@@ -1,9 +1,16 @@
 """The one training loop for every method and task (after torchvision's references).
 
 Device-agnostic; AMP (bf16/fp16) on CUDA only; gradient accumulation and clipping; DDP
-under torchrun; `last.pt` every epoch (resumable to bit-identical weights on CPU), `best.pt`
-and `student.pt` on the validation metric, `epochs/epoch-NNNN.pt` for the last
-`train.keep_last` epochs; a NaN/Inf loss stops the run naming the step and the term.
+under torchrun; `last.pt` every epoch (and every `train.checkpoint_every` steps, and on
+SIGINT/SIGTERM after the current step), `best.pt` and `student.pt` on the validation metric,
+`epochs/epoch-NNNN.pt` for the last `train.keep_last` epochs; resumable mid-epoch to
+bit-identical weights on CPU (the sampler position, every RNG and the epoch's running
+averages are in `last.pt`); evaluation never draws from the training RNG streams; a NaN/Inf
+loss stops the run naming the step, the term and the batch's samples.
+
+Epochs are counted from 1 everywhere a person or a file sees them (logs, metrics.jsonl,
+final.json, checkpoints, epoch snapshots); samplers, datasets and methods still receive the
+0-based index their per-epoch randomness is keyed by.
 """
 
 from __future__ import annotations
@@ -20,23 +27,29 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from cmkd_cli import console, units
+from cmkd_cli import console, interrupts, units
 from cmkd_cli.config import dump_recipe
+from cmkd_cli.data.datasets import keyed_rng
+from cmkd_cli.data.samplers import ResumableSampler
 from cmkd_cli.engine.checkpoint import (
     capture_rng,
     evaluation_state,
+    finished_epoch,
     load_checkpoint,
     restore_rng,
+    rng_isolated,
     save_checkpoint,
     save_epoch_snapshot,
 )
 from cmkd_cli.engine.distributed import DistInfo, barrier, to_device
+from cmkd_cli.engine.identity import recipe_hash
 from cmkd_cli.engine.loaders import loader_options
 from cmkd_cli.engine.logging import MetricsLogger
 from cmkd_cli.engine.optim import build_optimizer, build_scheduler
 from cmkd_cli.engine.speed import apply_speed_switches, channels_last_inputs
 from cmkd_cli.engine.teacher_cache import build_cache, cache_key
 from cmkd_cli.errors import RunError, UsageError
+from cmkd_cli.interrupts import ignore_in_worker
 from cmkd_cli.io import atomic_write_json, atomic_write_text, default_cache_dir
 from cmkd_cli.methods.base import Method
 from cmkd_cli.progress import track
@@ -55,12 +68,12 @@ class NonFiniteLoss(RunError):
 @dataclass
 class FitResult:
     run_dir: Path
-    best_epoch: int
+    best_epoch: int | None  # 1-based
     best_val: dict[str, float]
     test: dict[str, float]
     epochs: int
     wall_time_s: float
-    resumed_from_epoch: int | None = None
+    resumed_from_epoch: int | None = None  # 1-based epoch the last resume started in
 
 
 class _EvalShard(torch.utils.data.Sampler[int]):
@@ -83,26 +96,36 @@ def make_loaders(data: Any, recipe: Recipe, dist: DistInfo) -> dict[str, Any]:
             f"data.batch_size: {cfg.batch_size} is not divisible by the {dist.world_size} processes"
         )
     local_bs = cfg.batch_size // dist.world_size
+    # loaders draw their workers' base seed from their own generator, never the global one
     options = loader_options(cfg.num_workers, dist.device, dist.world_size)
+    if options["num_workers"]:  # signals are the main process's to handle
+        options["worker_init_fn"] = ignore_in_worker
     if hasattr(data.train, "batch_sampler"):  # the dataset builds its batches (e.g. P x M)
-        train_sampler = data.train.batch_sampler(
-            cfg.batch_size, recipe.train.seed, dist.rank, dist.world_size
+        train_sampler = ResumableSampler(
+            data.train.batch_sampler(cfg.batch_size, recipe.train.seed, dist.rank, dist.world_size),
+            items_per_batch=1,
         )
-        train = DataLoader(data.train, batch_sampler=train_sampler, **options)
+        train = DataLoader(
+            data.train, batch_sampler=train_sampler, generator=torch.Generator(), **options
+        )
     else:
-        train_sampler = DistributedSampler(
-            data.train,
-            num_replicas=dist.world_size,
-            rank=dist.rank,
-            shuffle=True,
-            seed=recipe.train.seed,
-            drop_last=cfg.drop_last,
+        train_sampler = ResumableSampler(
+            DistributedSampler(
+                data.train,
+                num_replicas=dist.world_size,
+                rank=dist.rank,
+                shuffle=True,
+                seed=recipe.train.seed,
+                drop_last=cfg.drop_last,
+            ),
+            items_per_batch=local_bs,
         )
         train = DataLoader(
             data.train,
             batch_size=local_bs,
             sampler=train_sampler,
             drop_last=cfg.drop_last,
+            generator=torch.Generator(),
             **options,
         )
     if len(train) == 0:
@@ -116,6 +139,7 @@ def make_loaders(data: Any, recipe: Recipe, dist: DistInfo) -> dict[str, Any]:
             ds,
             batch_size=max(1, cfg.eval_batch_size // dist.world_size),
             sampler=_EvalShard(len(ds), dist.rank, dist.world_size),
+            generator=torch.Generator(),
             **options,
         )
 
@@ -137,11 +161,12 @@ def attach_input_cache(data: Any, recipe: Recipe, dist: DistInfo) -> None:
     root.mkdir(parents=True, exist_ok=True)
     budget = min(recipe.train.input_cache_gb * 2**30, shutil.disk_usage(root).free / 2)
     workers = loader_options(recipe.data.num_workers, dist.device, dist.world_size)
-    if dist.is_main:
-        data.input_cache(root, workers["num_workers"], int(budget))
-    barrier()
-    if not dist.is_main:
-        data.input_cache(root, 0, int(budget))
+    with rng_isolated():  # a run draws the same numbers whether the cache exists or not
+        if dist.is_main:
+            data.input_cache(root, workers["num_workers"], int(budget))
+        barrier()
+        if not dist.is_main:
+            data.input_cache(root, 0, int(budget))
 
 
 def teacher_cache_applies(method: Method, data: Any, recipe: Recipe) -> bool:
@@ -176,7 +201,8 @@ def attach_teacher_cache(method: Method, data: Any, recipe: Recipe, dist: DistIn
         taps,
     )
     root = Path(recipe.train.cache_dir) if recipe.train.cache_dir else default_cache_dir()
-    with data.train.carrying("t"):  # the teacher's input, once
+    # a run draws the same numbers whether the cache exists or not; the teacher's input, once
+    with rng_isolated(), data.train.carrying("t"):
         method.teacher_cache = build_cache(
             root / "teacher-outputs" / key,
             method.teacher,
@@ -204,25 +230,42 @@ def _improved(value: float, best: float | None, mode: str) -> bool:
 BEST_WEIGHTS_ONLY = (
     "student",
     "epoch",
+    "epochs_done",
+    "batch",
     "step",
     "best",
     "best_epoch",
     "best_metrics",
     "recipe",
+    "recipe_hash",
     "data_spec",
 )
 
 
 @dataclass
 class FitState:
-    """Where a run stands: what `last.pt` records and `resume` restores (0-based epochs)."""
+    """Where a run stands: what `last.pt` records and `resume` restores (epochs from 1)."""
 
-    epoch: int = 0
-    step: int = 0
+    epoch: int = 1  # the epoch being trained
+    batch: int = 0  # batches of `epoch` trained so far
+    step: int = 0  # optimiser steps so far
     best: float | None = None
-    best_epoch: int = -1
+    best_epoch: int | None = None
+    sums: dict[str, float] = field(default_factory=dict)  # the epoch's batch-weighted sums
+    n_seen: int = 0  # samples of the epoch seen so far
+    epoch_time: float = 0.0  # seconds spent on the epoch so far (over resumes)
     resumed_from: int | None = None
     best_metrics: dict[str, float] = field(default_factory=dict)  # all of the best epoch's
+    saved: bool = True  # last.pt holds exactly this state
+
+    def next_epoch(self) -> None:
+        self.epoch += 1
+        self.batch, self.sums, self.n_seen, self.epoch_time = 0, {}, 0, 0.0
+
+    @property
+    def shown_epoch(self) -> int:
+        """The epoch a person is told about: the one in progress, or the last one finished."""
+        return self.epoch if self.batch else max(1, self.epoch - 1)
 
 
 @dataclass
@@ -269,22 +312,32 @@ def fit(
     """Train `method` on `data` and evaluate its student; resume from RUN/last.pt if present.
 
     The phases, each a function below: build, resume, then per epoch train, validate and
-    save, then test the best student. `best_weights_only`: best.pt keeps the student's
-    weights and the run's bookkeeping only (what a trained teacher needs; last.pt still
-    holds everything for an exact resume).
+    end (log, save), then test the best student. On SIGINT/SIGTERM the current step ends,
+    last.pt is written and `Interrupted` raised (cmkd_cli.interrupts). `best_weights_only`:
+    best.pt keeps the student's weights and the run's bookkeeping only (what a trained
+    teacher needs; last.pt still holds everything for an exact resume).
     """
     t_start = time.perf_counter()
     trainer = build(method, data, task, recipe, run_dir, dist, input_key, extra_state)
     trainer.best_weights_only = best_weights_only
     state = resume(trainer)
-    while state.epoch < recipe.train.epochs:
-        train_avg, epoch_time = train_epoch(trainer, state)
-        val = validate(trainer, state)
-        is_best = _record_best(trainer, state, val)
-        log_epoch(trainer, state, train_avg, val, epoch_time)
-        save(trainer, state, is_best)
-        state.epoch += 1
-    return finish(trainer, state, time.perf_counter() - t_start)
+    try:
+        while state.epoch <= recipe.train.epochs:
+            if state.batch < trainer.steps_per_epoch:
+                train_epoch(trainer, state)
+            val = validate(trainer, state)
+            with interrupts.deferred():
+                end_epoch(trainer, state, val)
+            stop_if_requested(trainer, state)
+        return finish(trainer, state, time.perf_counter() - t_start)
+    except interrupts.StopNow as stop:
+        # stopped in validation (or the final test): an epoch trained but not yet saved is kept
+        with interrupts.deferred():
+            if not state.saved and state.batch == trainer.steps_per_epoch:
+                save(trainer, state)
+        raise _interrupted(state, stop.signum) from None
+    finally:
+        trainer.logger.close()  # TensorBoard's buffered events too, however the run ends
 
 
 def build(
@@ -345,86 +398,128 @@ def build(
     )
 
 
+def _position(ckpt: dict[str, Any]) -> tuple[int, int, int | None]:
+    """(epochs done, batches of the next epoch done, best epoch), all 1-based; a checkpoint
+    written before mid-epoch resume counted its (finished) epochs from 0."""
+    if "epochs_done" in ckpt:
+        return ckpt["epochs_done"], ckpt["batch"], ckpt["best_epoch"]
+    best = ckpt.get("best_epoch", -1)
+    return finished_epoch(ckpt), 0, (best + 1 if best is not None and best >= 0 else None)
+
+
 def resume(trainer: Trainer) -> FitState:
-    """The state after RUN/last.pt (weights, optimiser, schedule, RNG restored), or a fresh
-    state (and RUN/config.yaml written) when there is none."""
+    """The state in RUN/last.pt (weights, optimiser, schedule, RNG, the epoch's progress), or
+    a fresh state (and RUN/config.yaml written) when there is none."""
     state = FitState()
     if not trainer.last_path.exists():
-        if trainer.dist.is_main:
-            atomic_write_text(trainer.run_dir / "config.yaml", dump_recipe(trainer.recipe))
+        config = trainer.run_dir / "config.yaml"
+        if trainer.dist.is_main and not config.exists():
+            atomic_write_text(config, dump_recipe(trainer.recipe))
         return state
     ckpt = load_checkpoint(trainer.last_path, map_location=trainer.dist.device)
     trainer.method.student.load_state_dict(ckpt["student"])
     trainer.method.load_checkpoint_state(ckpt["method"], resume=True)
+    trainer.method.load_resume_extras(ckpt.get("method_extras", {}))
     trainer.optimizer.load_state_dict(ckpt["optimizer"])
     trainer.scheduler.load_state_dict(ckpt["scheduler"])
     trainer.scaler.load_state_dict(ckpt["scaler"])
     restore_rng(ckpt["rng"])
-    state.epoch, state.step = ckpt["epoch"] + 1, ckpt["step"]
-    state.best, state.best_epoch = ckpt["best"], ckpt["best_epoch"]
+    done, batch, state.best_epoch = _position(ckpt)
+    state.epoch, state.batch, state.step, state.best = done + 1, batch, ckpt["step"], ckpt["best"]
     state.best_metrics = ckpt.get("best_metrics") or {}
-    state.resumed_from = ckpt["epoch"]
-    trainer.logger.truncate_after(ckpt["epoch"])
-    console.info(f"resuming {trainer.run_dir} after epoch {ckpt['epoch'] + 1}")
+    progress = ckpt.get("progress") or {}
+    state.sums = dict(progress.get("sums", {}))
+    state.n_seen = int(progress.get("n_seen", 0))
+    state.epoch_time = float(progress.get("epoch_time", 0.0))
+    state.resumed_from = state.epoch
+    trainer.logger.truncate_after(state.epoch, state.batch)
+    where = f"batch {batch} of epoch {state.epoch}" if batch else f"the end of epoch {done}"
+    console.info(f"resuming {trainer.run_dir} at {where} (step {state.step})")
     return state
 
 
-def train_epoch(trainer: Trainer, state: FitState) -> tuple[dict[str, float], float]:
-    """One epoch of optimisation; the per-term training averages and the epoch's time."""
-    recipe, dist, device = trainer.recipe, trainer.dist, trainer.dist.device
-    epoch, accum, steps = state.epoch, recipe.train.grad_accum, trainer.steps_per_epoch
-    trainer.loaders["sampler"].set_epoch(epoch)
-    trainer.data.train.set_epoch(epoch, seed=recipe.train.seed)
-    trainer.method.on_epoch_start(epoch)
-    trainer.model.train()
-    t_epoch = time.perf_counter()
-    sums: dict[str, float] = {}
-    n_seen = 0
-    batches = iter(trainer.loaders["train"])
-    loss = {"total": 0.0}
-    for i in track(
-        range(steps),
-        total=steps,
-        description=f"epoch {epoch + 1}/{recipe.train.epochs}",
-        status=lambda: f"loss {loss['total']:.4f}",
-        plain_every_s=PLAIN_PROGRESS_S,
-        transient=True,
-    ):
-        batch = to_device(next(batches), device)
-        if recipe.train.channels_last:
-            batch = channels_last_inputs(batch)
-        last_micro = (i + 1) % accum == 0 or i + 1 == steps
-        out, total = _forward_backward(trainer, state, batch, i, sync=last_micro)
-        if last_micro:
-            _optimizer_step(trainer)
-            state.step += 1
-        bs = len(batch["y"]) if "y" in batch else 1
-        n_seen += bs
-        row = {f"loss/{k}": v.detach().float().item() for k, v in out.losses.items()}
-        row["loss/total"] = float(total.detach())
-        row.update({f"stats/{k}": float(v) for k, v in out.stats.items()})
-        for k, v in row.items():
-            sums[k] = sums.get(k, 0.0) + v * bs
-        if dist.is_main and (i % recipe.train.log_every == 0 or i + 1 == steps):
-            elapsed = time.perf_counter() - t_epoch
-            row.update(
-                {
-                    "kind": "step",
-                    "epoch": epoch,
-                    "step": state.step,
-                    "samples_per_s": n_seen * dist.world_size / max(elapsed, 1e-9),
-                }
+def train_epoch(trainer: Trainer, state: FitState) -> None:
+    """Optimise over the rest of the current epoch (from `state.batch`). A signal is acted
+    on after the optimiser step it arrives in: last.pt is written, `Interrupted` raised."""
+    recipe, device = trainer.recipe, trainer.dist.device
+    accum, steps, index = recipe.train.grad_accum, trainer.steps_per_epoch, state.epoch - 1
+    with interrupts.deferred():
+        trainer.loaders["sampler"].set_epoch(index)
+        trainer.loaders["sampler"].skip_batches(state.batch)
+        trainer.loaders["train"].generator.manual_seed(
+            int(keyed_rng("loader", recipe.train.seed, index).integers(2**62))
+        )
+        trainer.data.train.set_epoch(index, seed=recipe.train.seed)
+        trainer.method.on_epoch_start(index)
+        trainer.model.train()
+        batches = iter(trainer.loaders["train"])
+        t0, spent = time.perf_counter(), state.epoch_time
+        loss = {"total": 0.0}
+        for i in track(
+            range(state.batch, steps),
+            total=steps - state.batch,
+            description=f"epoch {state.epoch}/{recipe.train.epochs}",
+            status=lambda: f"loss {loss['total']:.4f}",
+            plain_every_s=PLAIN_PROGRESS_S,
+            transient=True,
+        ):
+            batch = to_device(next(batches), device)
+            if recipe.train.channels_last:
+                batch = channels_last_inputs(batch)
+            last_micro = (i + 1) % accum == 0 or i + 1 == steps
+            out, total = _forward_backward(trainer, state, batch, i, sync=last_micro)
+            if last_micro:
+                _optimizer_step(trainer)
+                state.step += 1
+            loss["total"] = _account(
+                trainer, state, batch, out, total, i, spent + time.perf_counter() - t0
             )
-            row.update(
-                {
-                    f"lr/{g.get('name', j)}": g["lr"]
-                    for j, g in enumerate(trainer.optimizer.param_groups)
-                }
-            )
-            trainer.logger.log(row)
-        loss["total"] = row["loss/total"]
-    epoch_time = time.perf_counter() - t_epoch
-    return {k: v / max(n_seen, 1) for k, v in sums.items()}, epoch_time
+            state.batch, state.saved = i + 1, False
+            state.epoch_time = spent + time.perf_counter() - t0
+            if last_micro:
+                every = recipe.train.checkpoint_every
+                if every and state.step % every == 0 and state.batch < steps:
+                    save(trainer, state)
+                stop_if_requested(trainer, state)
+
+
+def _account(
+    trainer: Trainer,
+    state: FitState,
+    batch: dict[str, Any],
+    out: Any,
+    total: torch.Tensor,
+    i: int,
+    elapsed: float,
+) -> float:
+    """Add the batch's losses and statistics to the epoch's sums; log a step row when due.
+    Returns the batch's total loss."""
+    recipe, dist = trainer.recipe, trainer.dist
+    bs = len(batch["y"]) if "y" in batch else 1
+    state.n_seen += bs
+    row = {f"loss/{k}": v.detach().float().item() for k, v in out.losses.items()}
+    row["loss/total"] = float(total.detach())
+    row.update({f"stats/{k}": float(v) for k, v in out.stats.items()})
+    for k, v in row.items():
+        state.sums[k] = state.sums.get(k, 0.0) + v * bs
+    if dist.is_main and (i % recipe.train.log_every == 0 or i + 1 == trainer.steps_per_epoch):
+        row.update(
+            {
+                "kind": "step",
+                "epoch": state.epoch,
+                "batch": i + 1,
+                "step": state.step,
+                "samples_per_s": state.n_seen * dist.world_size / max(elapsed, 1e-9),
+            }
+        )
+        row.update(
+            {
+                f"lr/{g.get('name', j)}": g["lr"]
+                for j, g in enumerate(trainer.optimizer.param_groups)
+            }
+        )
+        trainer.logger.log(row)
+    return row["loss/total"]
 
 
 def _forward_backward(
@@ -439,14 +534,41 @@ def _forward_backward(
         total = sum(out.losses.values())
         bad = [k for k, v in out.losses.items() if not torch.isfinite(v).all()]
         if bad:
-            last = trainer.last_path
-            raise NonFiniteLoss(
-                f"step {state.step + 1} (epoch {state.epoch + 1}, batch {i + 1}): loss term "
-                f"`{bad[0]}` is {out.losses[bad[0]].item()}; the last good state is "
-                f"{last if last.exists() else 'not saved yet'}"
-            )
+            raise NonFiniteLoss(_nonfinite_message(trainer, state, batch, out, bad[0], i))
         trainer.scaler.scale(total / trainer.recipe.train.grad_accum).backward()
     return out, total
+
+
+def _nonfinite_message(
+    trainer: Trainer, state: FitState, batch: dict[str, Any], out: Any, term: str, i: int
+) -> str:
+    """Which step, term and samples gave a non-finite loss, and where the last good state is."""
+    ids = sample_ids(trainer.data.train, batch)
+    culprits = []
+    if ids and out.logits is not None and out.logits.shape[0] == len(ids):
+        rows = ~torch.isfinite(out.logits.detach().flatten(1)).all(dim=1)
+        culprits = [ids[j] for j in rows.nonzero().flatten().tolist()]
+    samples = f"; its samples: {_listed(ids)}" if ids else ""
+    if culprits:
+        samples += f" (non-finite output for {_listed(culprits)})"
+    last = trainer.last_path
+    return (
+        f"step {state.step + 1} (epoch {state.epoch}, batch {i + 1}): loss term `{term}` is "
+        f"{out.losses[term].item()}{samples}; the last good state is "
+        f"{last if last.exists() else 'not saved yet'}"
+    )
+
+
+def _listed(items: list[str], limit: int = 8) -> str:
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def sample_ids(dataset: Any, batch: dict[str, Any]) -> list[str]:
+    """The ids of a batch's samples (`dataset.sample_id`); [] when it carries no indices."""
+    if "index" not in batch or not hasattr(dataset, "sample_id"):
+        return []
+    return [dataset.sample_id(int(i)) for i in batch["index"].tolist()]
 
 
 def _optimizer_step(trainer: Trainer) -> None:
@@ -464,42 +586,68 @@ def _optimizer_step(trainer: Trainer) -> None:
     trainer.scheduler.step()
 
 
-def validate(trainer: Trainer, state: FitState) -> dict[str, float]:
-    """Validation metrics of the student, on the epochs `eval.every` asks for (else {})."""
-    recipe = trainer.recipe
-    epoch = state.epoch
-    if not ((epoch + 1) % recipe.eval.every == 0 or epoch + 1 == recipe.train.epochs):
-        return {}
-    val = trainer.task.evaluate(
-        trainer.method.student_for_inference(),
-        trainer.loaders["val"],
-        trainer.dist.device,
-        trainer.input_key,
+def stop_if_requested(trainer: Trainer, state: FitState) -> None:
+    """After a step or an epoch: on a signal (agreed by every process) save and stop."""
+    signum = interrupts.requested()
+    if trainer.dist.enabled:
+        flag = torch.tensor([signum or 0], device=trainer.dist.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        signum = int(flag.item()) or None
+    if signum is None:
+        return
+    with interrupts.deferred():
+        if not state.saved:
+            save(trainer, state)
+    raise _interrupted(state, signum)
+
+
+def _interrupted(state: FitState, signum: int) -> interrupts.Interrupted:
+    return interrupts.Interrupted(
+        signum, f"interrupted at step {state.step} (epoch {state.shown_epoch})"
     )
+
+
+def evaluate_split(trainer: Trainer, split: str) -> dict[str, float]:
+    """The task's metrics of the student on `split` (val|test), drawing nothing from the
+    training RNG streams."""
+    with rng_isolated():
+        return trainer.task.evaluate(
+            trainer.method.student_for_inference(),
+            trainer.loaders[split],
+            trainer.dist.device,
+            trainer.input_key,
+        )
+
+
+def validate(trainer: Trainer, state: FitState) -> dict[str, float]:
+    """Validation metrics of the student, on the epochs `eval.every` asks for (else {});
+    the training RNG streams are left as they were."""
+    recipe = trainer.recipe
+    if not (state.epoch % recipe.eval.every == 0 or state.epoch == recipe.train.epochs):
+        return {}
+    val = evaluate_split(trainer, "val")
     if recipe.eval.metric not in val:
         raise UsageError(f"eval.metric: {recipe.eval.metric!r} is not one of {sorted(val)}")
     return val
 
 
-def _record_best(trainer: Trainer, state: FitState, val: dict[str, float]) -> bool:
-    """Whether this epoch's validation metric is the best so far (and record it)."""
+def end_epoch(trainer: Trainer, state: FitState, val: dict[str, float]) -> None:
+    """Record the best, log the epoch, move to the next epoch and save last.pt (+ best.pt)."""
     metric = trainer.recipe.eval.metric
-    if not val or not _improved(val[metric], state.best, trainer.recipe.eval.mode):
-        return False
-    state.best, state.best_epoch, state.best_metrics = val[metric], state.epoch, dict(val)
-    return True
+    is_best = bool(val) and _improved(val[metric], state.best, trainer.recipe.eval.mode)
+    if is_best:
+        state.best, state.best_epoch, state.best_metrics = val[metric], state.epoch, dict(val)
+    log_epoch(trainer, state, val)
+    state.next_epoch()
+    state.saved = False
+    save(trainer, state, is_best, epoch_end=True)
 
 
-def log_epoch(
-    trainer: Trainer,
-    state: FitState,
-    train_avg: dict[str, float],
-    val: dict[str, float],
-    epoch_time: float,
-) -> None:
+def log_epoch(trainer: Trainer, state: FitState, val: dict[str, float]) -> None:
     """The epoch row of metrics.jsonl / TensorBoard and one line for humans."""
     device = trainer.dist.device
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    train_avg = {k: v / max(state.n_seen, 1) for k, v in state.sums.items()}
     trainer.logger.log(
         {
             "kind": "epoch",
@@ -507,15 +655,15 @@ def log_epoch(
             "step": state.step,
             **{f"train/{k}": v for k, v in train_avg.items()},
             **{f"val/{k}": v for k, v in val.items()},
-            "epoch_time_s": epoch_time,
+            "epoch_time_s": state.epoch_time,
             "peak_mem_bytes": peak,
         }
     )
     console.info(
-        f"epoch {state.epoch + 1}/{trainer.recipe.train.epochs}  "
+        f"epoch {state.epoch}/{trainer.recipe.train.epochs}  "
         f"loss {train_avg.get('loss/total', 0):.4f}  "
         + "  ".join(f"val {k} {units.show(k, v)}" for k, v in val.items())
-        + f"  ({epoch_time:.1f}s)"
+        + f"  ({state.epoch_time:.1f}s)"
     )
 
 
@@ -524,44 +672,52 @@ def checkpoint_state(trainer: Trainer, state: FitState) -> dict[str, Any]:
     return {
         "student": trainer.method.student.state_dict(),
         "method": trainer.method.checkpoint_state(),
+        "method_extras": trainer.method.resume_extras(),
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(),
         "scaler": trainer.scaler.state_dict(),
-        "epoch": state.epoch,
+        "epoch": state.shown_epoch,
+        "epochs_done": state.epoch - 1,
+        "batch": state.batch,
         "step": state.step,
         "best": state.best,
         "best_epoch": state.best_epoch,
         "best_metrics": state.best_metrics,
+        "progress": {"sums": state.sums, "n_seen": state.n_seen, "epoch_time": state.epoch_time},
         "rng": capture_rng(),
         "recipe": trainer.recipe.model_dump(mode="json"),
+        "recipe_hash": recipe_hash(trainer.recipe),
         "data_spec": trainer.data.spec(),
         "teacher_ref": trainer.extra_state.get("teacher_ref"),
     }
 
 
-def save(trainer: Trainer, state: FitState, is_best: bool) -> None:
-    """`last.pt` (resumable) after every `train.save_every` epochs and the last; `best.pt`
-    (what evaluation needs: no optimiser or RNG state, no training-only memories) and
-    `student.pt` when the validation metric improved; the epoch snapshot each epoch when
+def save(trainer: Trainer, state: FitState, is_best: bool = False, epoch_end: bool = False) -> None:
+    """From process 0: `last.pt` (resumable; mid-epoch and on a signal always, at an epoch's
+    end only every `train.save_every` epochs and after the last); `best.pt` (what evaluation
+    needs: no optimiser or RNG state, no training-only memories) and `student.pt` when the
+    validation metric improved; at each epoch's end the epoch snapshot when
     `train.keep_last` is set."""
-    train = trainer.recipe.train
-    due = (state.epoch + 1) % train.save_every == 0 or state.epoch + 1 == train.epochs
-    if not trainer.dist.is_main or not (due or is_best or train.keep_last):
-        return
-    ckpt = checkpoint_state(trainer, state)
+    train, done = trainer.recipe.train, state.epoch - 1  # `end_epoch` has moved to the next
+    due = not epoch_end or done % train.save_every == 0 or done == train.epochs
+    snapshot = epoch_end and bool(train.keep_last)
+    if trainer.dist.is_main and (due or is_best or snapshot):
+        ckpt = checkpoint_state(trainer, state)
+        if due:
+            save_checkpoint(trainer.last_path, ckpt)
+        if trainer.best_weights_only:  # a teacher: its weights and the run's bookkeeping
+            lean = {k: ckpt[k] for k in BEST_WEIGHTS_ONLY}
+        else:  # what evaluation needs (the method docstrings say what only training needs)
+            lean = evaluation_state(ckpt, trainer.method.checkpoint_state(resumable=False))
+        if is_best:
+            save_checkpoint(trainer.best_path, lean)
+            if trainer.input_key == "x" and trainer.data.student_input is not None:
+                package = student_package(lean, str(trainer.best_path))
+                write_student(trainer.run_dir / STUDENT_FILE, package)
+        if snapshot:
+            save_epoch_snapshot(trainer.run_dir, lean, train.keep_last)
     if due:
-        save_checkpoint(trainer.last_path, ckpt)
-    if trainer.best_weights_only:  # a teacher: its weights and the run's bookkeeping
-        lean = {k: ckpt[k] for k in BEST_WEIGHTS_ONLY}
-    else:  # what evaluation needs (the method docstrings say what only training needs)
-        lean = evaluation_state(ckpt, trainer.method.checkpoint_state(resumable=False))
-    if is_best:
-        save_checkpoint(trainer.best_path, lean)
-        if trainer.input_key == "x" and trainer.data.student_input is not None:
-            package = student_package(lean, str(trainer.best_path))
-            write_student(trainer.run_dir / STUDENT_FILE, package)
-    if train.keep_last:
-        save_epoch_snapshot(trainer.run_dir, lean, train.keep_last)
+        state.saved = True
 
 
 def finish(trainer: Trainer, state: FitState, wall_so_far: float) -> FitResult:
@@ -577,7 +733,7 @@ def finish(trainer: Trainer, state: FitState, wall_so_far: float) -> FitResult:
     if trainer.best_path.exists():
         ckpt = load_checkpoint(trainer.best_path, map_location=trainer.dist.device)
         trainer.method.student.load_state_dict(ckpt["student"])
-        best_epoch = ckpt["best_epoch"]
+        best_epoch = _position(ckpt)[2]
         best_val = {metric: ckpt["best"]}
         best_metrics = ckpt.get("best_metrics") or {}
     else:
@@ -589,12 +745,7 @@ def finish(trainer: Trainer, state: FitState, wall_so_far: float) -> FitResult:
         console.info("no test split: test metrics = the best epoch's validation (not re-run)")
         test = dict(best_metrics)
     else:
-        test = trainer.task.evaluate(
-            trainer.method.student_for_inference(),
-            trainer.loaders["test"],
-            trainer.dist.device,
-            trainer.input_key,
-        )
+        test = evaluate_split(trainer, "test")
     wall = wall_so_far + time.perf_counter() - t0
     result = FitResult(
         trainer.run_dir, best_epoch, best_val, test, recipe.train.epochs, wall, state.resumed_from
@@ -610,7 +761,7 @@ def finish(trainer: Trainer, state: FitState, wall_so_far: float) -> FitResult:
                 "epochs": recipe.train.epochs,
                 "wall_time_s": wall,
                 "resumed_from_epoch": state.resumed_from,
+                "recipe_hash": recipe_hash(recipe),
             },
         )
-    trainer.logger.close()
     return result

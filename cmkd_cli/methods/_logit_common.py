@@ -56,8 +56,8 @@ class SampleSelector:
     scores, `groups` for dense predictions, and the `random` selector).
 
     `random` draws with a generator on the logits' device seeded from `seed` (default
-    `torch.initial_seed()`, i.e. the run's seed) plus the process rank; its state is not
-    checkpointed, so a resumed run draws a different (equally random) sequence.
+    `torch.initial_seed()`, i.e. the run's seed) plus the process rank; its state goes into
+    last.pt (`state_dict`), so a resumed run draws the same sequence as an uninterrupted one.
     """
 
     def __init__(self, selector: Selector, omega: float, seed: int | None = None) -> None:
@@ -73,6 +73,16 @@ class SampleSelector:
             self._generator = torch.Generator(device=device)
             self._generator.manual_seed(seed % 2**63)
         return self._generator
+
+    def state_dict(self) -> dict[str, Any]:
+        """The random selector's generator state (empty before its first draw)."""
+        if self._generator is None:
+            return {}
+        return {"generator": self._generator.get_state(), "device": str(self._generator.device)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.generator(torch.device(state["device"])).set_state(state["generator"])
 
     def __call__(
         self,

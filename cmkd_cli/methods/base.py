@@ -222,6 +222,22 @@ class Method(nn.Module):
             if hasattr(model, "set_epoch"):
                 model.set_epoch(epoch)
 
+    def resume_extras(self) -> dict[str, Any]:
+        """State carried from step to step outside the modules' state dicts, for last.pt:
+        the `state_dict()` of every helper attribute that has one (e.g. a sample selector's
+        random generator). Methods with more (DLB's previous batch) extend it."""
+        return {
+            name: value.state_dict()
+            for name, value in vars(self).items()
+            if not isinstance(value, nn.Module) and callable(getattr(value, "state_dict", None))
+        }
+
+    def load_resume_extras(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            helper = getattr(self, name, None)
+            if helper is not None and callable(getattr(helper, "load_state_dict", None)):
+                helper.load_state_dict(value)
+
     def _stored_elsewhere(self) -> tuple[str, ...]:
         """State-dict prefixes a checkpoint does not repeat: the student (saved on its own)
         and a frozen teacher (referenced by its source, not copied)."""

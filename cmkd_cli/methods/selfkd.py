@@ -65,6 +65,15 @@ class DLB(Method):
         #: the previous batch: (inputs, labels, its logits then), all detached
         self.last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
+    def resume_extras(self) -> dict[str, Any]:
+        """The previous batch too: a run resumed mid-epoch distils from it as it would have."""
+        return {**super().resume_extras(), "last": list(self.last) if self.last else None}
+
+    def load_resume_extras(self, state: dict[str, Any]) -> None:
+        last = state.get("last")
+        self.last = tuple(last) if last else None
+        super().load_resume_extras({k: v for k, v in state.items() if k != "last"})
+
     def forward(self, batch: dict[str, Any]) -> StepOutput:
         cfg: DLBConfig = self.cfg  # type: ignore[assignment]
         x, y = batch[self.input_key], batch["y"]

@@ -1,8 +1,9 @@
 """The training curves of one run, from its `metrics.jsonl` rows: what `cmkd report` draws.
 
-The x axis is in epochs. An epoch row (`kind: epoch`) closes epoch e (0-based) at global
-step s_e, so a step row at step s of epoch e sits at x = e + (s - s_{e-1}) / (s_e - s_{e-1})
-(s_{-1} = 0), and a validation value at x = e + 1, the end of its epoch. Steps of an epoch
+The x axis is in epochs. An epoch row (`kind: epoch`) closes epoch e (counted from 1, as
+the engine logs it) at global step s_e, so a step row at step s of epoch e sits at
+x = e - 1 + (s - s_{e-1}) / (s_e - s_{e-1}) (s_0 = 0), and a validation value at x = e, the
+end of its epoch. Steps of an epoch
 not yet closed (a run still training) are placed with the last closed epoch's length.
 Panels: each validation metric (rates in percent), each loss term, the learning rate (one
 line per distinct schedule: groups whose lr equals another's at every logged step share
@@ -56,7 +57,7 @@ def epoch_axis(
     ends = sorted({(int(r["epoch"]), int(r["step"])) for r in epoch_rows if "step" in r})
     if not ends:
         return None
-    epochs = [0.0] + [e + 1.0 for e, _ in ends]
+    epochs = [0.0] + [float(e) for e, _ in ends]
     steps = [0.0] + [float(s) for _, s in ends]
     last = steps[-1] - steps[-2] if steps[-1] > steps[-2] else 1.0
     epochs.append(epochs[-1] + 1.0)
@@ -75,7 +76,7 @@ def epoch_axis(
 
 
 def best_epoch(epoch_rows: Sequence[Row], metric: str, mode: str = "max") -> int | None:
-    """The 1-based epoch whose `val/metric` is best (the first of equal ones), as the engine
+    """The epoch (from 1) whose `val/metric` is best (the first of equal ones), as the engine
     picks `best.pt`; None when no epoch has that metric."""
     values = [(int(r["epoch"]), finite_number(r.get(f"val/{metric}"))) for r in epoch_rows]
     values = [(e, v) for e, v in values if v is not None]
@@ -83,7 +84,7 @@ def best_epoch(epoch_rows: Sequence[Row], metric: str, mode: str = "max") -> int
         return None
     pick = max if mode == "max" else min
     best = pick(v for _, v in values)
-    return next(e for e, v in values if v == best) + 1
+    return next(e for e, v in values if v == best)
 
 
 def _points(rows: Sequence[Row], key: str, x_of: Callable[[Row], float | None]) -> Series:
@@ -126,7 +127,7 @@ def run_curves(rows: Sequence[Row], metric: str = "accuracy", mode: str = "max")
 
     def epoch_x(r: Row) -> float | None:
         e = finite_number(r.get("epoch"))
-        return None if e is None else e + 1.0
+        return e
 
     def keys(source: Sequence[Row], prefix: str) -> list[str]:
         return sorted({k for r in source for k in r if k.startswith(prefix)})

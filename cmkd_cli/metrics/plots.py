@@ -153,7 +153,7 @@ def plot_kept(series: list[KeptSeries], path: Path) -> Path:
     fig = _figure()
     ax = fig.add_subplot()
     for s in series:
-        ax.plot([e + 1 for e in s.epochs], [100 * k for k in s.kept], marker=".", label=s.variant)
+        ax.plot(s.epochs, [100 * k for k in s.kept], marker=".", label=s.variant)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("samples kept: score > omega (%)")

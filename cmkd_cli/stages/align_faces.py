@@ -45,8 +45,14 @@ from cmkd_cli.data.manifest import (
     resolve,
     write_manifest,
 )
+from cmkd_cli.engine.lock import run_lock
 from cmkd_cli.errors import DataError, UsageError
-from cmkd_cli.io import atomic_path, atomic_write_json, atomic_write_text
+from cmkd_cli.io import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    remove_stale_temporaries,
+)
 from cmkd_cli.progress import track
 from cmkd_cli.schema import StrictModel
 from data_prep.common import relative_to_out
@@ -102,7 +108,14 @@ class _Frame:
 
 
 def run(options: AlignFacesOptions) -> AlignFacesResult:
-    """Align the faces of the manifest's frames into `out`; idempotent."""
+    """Align the faces of the manifest's frames into `out`; idempotent; one writer per `out`."""
+    with run_lock(Path(options.out)):
+        remove_stale_temporaries(options.out)
+        return _align(options)
+
+
+def _align(options: AlignFacesOptions) -> AlignFacesResult:
+    """The work of `run` once `out` is locked."""
     started = time.perf_counter()
     manifest, out, batch_size = options.manifest, options.out, options.batch_size
     device, min_prob, max_side = options.device, options.min_prob, options.max_side

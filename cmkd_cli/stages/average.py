@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from cmkd_cli.config import validate_recipe
 from cmkd_cli.data.datasets import build_data
-from cmkd_cli.engine.checkpoint import epoch_snapshots, load_checkpoint
+from cmkd_cli.engine.checkpoint import epoch_snapshots, finished_epoch, load_checkpoint
 from cmkd_cli.engine.distributed import init_distributed, select_device
 from cmkd_cli.engine.loop import make_loaders
 from cmkd_cli.errors import CmkdError, UsageError
@@ -61,7 +61,7 @@ def run(options: AverageOptions) -> AverageResult:
             f"{o.last}: train with `train.keep_last: {o.last}` (or more)"
         )
     states = [load_checkpoint(p) for p in snapshots[-o.last :]]
-    epochs = [s["epoch"] + 1 for s in states]
+    epochs = [finished_epoch(s) for s in states]
     averaged = average_weights([s["student"] for s in states])
     origin = f"{o.run} (mean of epochs {', '.join(map(str, epochs))})"
     package = student_package({**states[-1], "student": averaged}, origin)

@@ -1,8 +1,10 @@
 """`cmkd distill`: run a recipe once per seed and per `compare:` variant, then tabulate.
 
 One run: `runs/NAME/`. A study (several seeds or variants): `runs/NAME/VARIANT/seed-S/`
-per run, plus `runs/NAME/study.yaml` and `runs/NAME/results.json`. Finished runs
-(final.json present) are not redone; a killed run resumes from its last.pt.
+per run, plus `runs/NAME/study.yaml` and `runs/NAME/results.json`. A run directory's
+identity is its recipe (engine/identity.py): a finished run of the same recipe is skipped,
+an unfinished one resumed, one of another recipe refused (or replaced with --overwrite).
+One process writes a directory at a time (engine/lock.py).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from rich.table import Table
 
 from cmkd_cli import console, units
 from cmkd_cli.config import (
+    apply_sets,
     dump_recipe,
     grid_points,
     load_recipe,
@@ -26,10 +30,14 @@ from cmkd_cli.config import (
     variant_recipe,
 )
 from cmkd_cli.data.datasets import DataBundle, build_data
-from cmkd_cli.engine.distributed import DistInfo, init_distributed
-from cmkd_cli.engine.loop import fit
+from cmkd_cli.engine import identity
+from cmkd_cli.engine.distributed import DistInfo, barrier, init_distributed
+from cmkd_cli.engine.identity import CONFIG, FINAL, Status
+from cmkd_cli.engine.lock import run_lock
+from cmkd_cli.engine.loop import FitResult, fit
 from cmkd_cli.errors import UsageError
-from cmkd_cli.io import atomic_write_json, atomic_write_text
+from cmkd_cli.interrupts import resumable_with
+from cmkd_cli.io import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from cmkd_cli.methods import METHODS
 from cmkd_cli.metrics.paired import CiMethod, interval, paired_delta, sample_std
 from cmkd_cli.runs import STUDY_FILE, run_root, study_run_dir
@@ -43,6 +51,9 @@ class DistillOptions(RecipeOptions):
     seeds: list[int] | None = Field(None, description="seeds to run (default: the recipe's)")
     resume: Path | None = Field(None, description="continue the run or study in this directory")
     variants: list[str] = Field(default_factory=list, description="only these compare variants")
+    overwrite: bool = Field(
+        False, description="replace run directories that hold another recipe (--overwrite)"
+    )
 
 
 class RunSummary(BaseModel):
@@ -50,11 +61,12 @@ class RunSummary(BaseModel):
     method: str
     seed: int
     run_dir: str
-    best_epoch: int
+    best_epoch: int | None  # 1-based
     best_val: dict[str, float]
     test: dict[str, float]
     wall_time_s: float
-    status: str  # trained | resumed | done
+    # trained | resumed | skipped (finished earlier with the same recipe) | done (report)
+    status: str
 
 
 class Row(BaseModel):
@@ -119,14 +131,15 @@ def parse_seeds(text: str | None) -> list[int] | None:
         ) from None
 
 
-def load_resumed(resume: Path) -> Recipe:
-    for name in (STUDY_FILE, "config.yaml"):
+def load_resumed(resume: Path, sets: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """The recipe stored in a run or study directory, with `--set` items applied."""
+    for name in (STUDY_FILE, CONFIG):
         path = resume / name
         if path.is_file():
-            return validate_recipe(yaml.safe_load(path.read_text()), origin=str(path))
-    raise UsageError(
-        f"--resume {resume}: no {STUDY_FILE} or config.yaml there (not a run directory)"
-    )
+            data = yaml.safe_load(path.read_text())
+            overrides = apply_sets(data, list(sets)) if isinstance(data, dict) else {}
+            return validate_recipe(data, origin=str(path), overrides=overrides)
+    raise UsageError(f"--resume {resume}: no {STUDY_FILE} or {CONFIG} there (not a run directory)")
 
 
 def rows(recipe: Recipe) -> list[tuple[str, Recipe]]:
@@ -161,6 +174,17 @@ def baselines(recipe: Recipe) -> dict[str, str | None]:
     return out
 
 
+@dataclass
+class Job:
+    """One run of a study: its variant, recipe (seed set), directory and what is there."""
+
+    variant: str
+    recipe: Recipe
+    run_dir: Path
+    status: Status = "new"
+    tuned: bool = False  # a `grid:` variant: its recipe is the chosen point's, after tuning
+
+
 class DataCache:
     """Datasets built once per distinct `data` section (variants may change it)."""
 
@@ -174,9 +198,11 @@ class DataCache:
         return self._built[key]
 
 
-def finished_run(run_dir: Path, variant: str, method: str, seed: int) -> RunSummary | None:
+def finished_run(
+    run_dir: Path, variant: str, method: str, seed: int, status: str = "done"
+) -> RunSummary | None:
     """The summary of a finished run (its final.json), None while it is not finished."""
-    final = run_dir / "final.json"
+    final = run_dir / FINAL
     if not final.exists():
         return None
     f = json.loads(final.read_text())
@@ -189,39 +215,41 @@ def finished_run(run_dir: Path, variant: str, method: str, seed: int) -> RunSumm
         best_val=f["best_val"],
         test=f["test"],
         wall_time_s=f["wall_time_s"],
-        status="done",
+        status=status,
     )
 
 
-def run_one(
-    recipe: Recipe, run_dir: Path, dist: DistInfo, teacher: Path | None, data: DataBundle
-) -> RunSummary:
-    variant = run_dir.parent.name if run_dir.name.startswith("seed-") else recipe.method.name
-    done = finished_run(run_dir, variant, recipe.method.name, recipe.train.seed)
-    if done is not None:
-        return done
-    resumed = (run_dir / "last.pt").exists()
-    exp = build_experiment(recipe, teacher_checkpoint=teacher, data=data)
-    res = fit(
-        exp.method,
-        exp.data,
-        exp.task,
-        recipe,
-        run_dir,
-        dist,
-        extra_state={"teacher_ref": exp.teacher_ref},
-    )
+def _summary(job: Job, status: str, res: FitResult) -> RunSummary:
     return RunSummary(
-        variant=variant,
-        method=recipe.method.name,
-        seed=recipe.train.seed,
-        run_dir=str(run_dir),
+        variant=job.variant,
+        method=job.recipe.method.name,
+        seed=job.recipe.train.seed,
+        run_dir=str(job.run_dir),
         best_epoch=res.best_epoch,
         best_val=res.best_val,
         test=res.test,
         wall_time_s=res.wall_time_s,
-        status="resumed" if resumed else "trained",
+        status=status,
     )
+
+
+def run_one(job: Job, dist: DistInfo, teacher: Path | None, data: DataBundle) -> RunSummary:
+    """Train (or resume) one run; a finished run of the same recipe is skipped."""
+    r, run_dir = job.recipe, job.run_dir
+    done = finished_run(run_dir, job.variant, r.method.name, r.train.seed, "skipped")
+    if job.status == "finished" and done is not None:
+        return done
+    exp = build_experiment(r, teacher_checkpoint=teacher, data=data)
+    res = fit(
+        exp.method,
+        exp.data,
+        exp.task,
+        r,
+        run_dir,
+        dist,
+        extra_state={"teacher_ref": exp.teacher_ref},
+    )
+    return _summary(job, "resumed" if job.status == "unfinished" else "trained", res)
 
 
 def tabulate(
@@ -265,71 +293,46 @@ def tabulate(
 
 
 def run(options: DistillOptions) -> DistillResult:
+    """Run a recipe's study (or one run). Each run directory's identity is its recipe:
+    finished with the same recipe is skipped, unfinished is resumed, another recipe is
+    refused before any work (or, with `overwrite`, cleared and trained afresh)."""
     recipe, sets, resume, variants = options.recipe, options.sets, options.resume, options.variants
+    seeds, overwrite = options.seeds, options.overwrite
     if resume is not None:
-        if recipe is not None or sets:
-            raise UsageError("--resume continues a run as it was configured; drop --recipe/--set")
-        r = load_resumed(resume)
-        root = resume
+        if recipe is not None:
+            raise UsageError("--resume continues a run as it was configured; drop --recipe")
+        r = load_resumed(resume, sets)
+        named = any(s.split("=", 1)[0].strip() == "output.name" for s in sets)
+        root = resume.parent / r.output.name if named and r.output.name else resume
     elif recipe is None:
         raise UsageError("--recipe is required (see `cmkd recipes list`), or --resume RUN_DIR")
     else:
         r = load_recipe(recipe, sets, options.variables)
         root = run_root(r)
-    seeds = options.seeds or r.seeds or [r.train.seed]
-    r = r.model_copy(update={"seeds": seeds})
+    if resume is not None and root == resume and not (root / STUDY_FILE).exists():
+        if seeds or variants:
+            raise UsageError(f"--resume {resume}: one run; --seeds and --variant apply to studies")
+        # the stored run exactly: its own seed, not its study's seeds or variants
+        variant = root.parent.name if root.name.startswith("seed-") else r.row_names()[0]
+        jobs, single = [Job(variant, r, root)], True
+    else:
+        r = r.model_copy(update={"seeds": seeds or r.seeds or [r.train.seed]})
+        jobs, single = _plan_jobs(r, root, variants)
     dist = init_distributed(r.train.device)
-    jobs = plan(r, seeds)
-    single = not (root / STUDY_FILE).exists() if resume is not None else len(jobs) == 1
-    if variants:
-        names = list(dict.fromkeys(name for name, _, _ in jobs))
-        unknown = set(variants) - set(names)
-        if unknown:
-            raise UsageError(
-                f"--variant {sorted(unknown)[0]!r}: not a row of {r.name}; its rows: "
-                + ", ".join(names)
-            )
-        jobs = [j for j in jobs if j[0] in variants]
+    points = _tune_jobs(r, root, jobs)
+    _inspect(root, single, jobs + points, overwrite)  # a conflict fails here, before any work
     datasets = DataCache()
-    for _, jr, _ in jobs:  # fail on a bad data, model or method setting before any training
-        preflight(jr, datasets.get(jr))
-    for v in r.compare.variants:
-        if v.grid and any(name == v.name for name, _, _ in jobs):
-            for point in grid_points(v):
-                pr = variant_recipe(r, v.name, point=point)
-                preflight(pr, datasets.get(pr))
-    if not single and dist.is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(root / STUDY_FILE, dump_recipe(r))
-    # one pretrained teacher per distinct teacher (variants may change it, e.g. its backbone)
-    teachers: dict[str, train_teacher.TeacherResult] = {}
-
-    def teacher_for(jr: Recipe) -> Path | None:
-        if not (_uses_teacher(jr) and jr.teacher.needs_pretraining()):
-            return None
-        key = train_teacher.teacher_key(jr)
-        if key not in teachers:
-            out = train_teacher.default_dir(jr, root)
-            data = datasets.get(train_teacher.teacher_recipe(jr))  # pretrain.data_params
-            teachers[key] = train_teacher.train(jr, out, dist, data)
-        return Path(teachers[key].checkpoint)
-
-    def train_one(name: str, jr: Recipe, seed: int, run_dir: Path) -> RunSummary:
-        jr = jr.model_copy(update={"train": jr.train.model_copy(update={"seed": seed})})
-        teacher = teacher_for(jr)
-        console.info(f"[{name} seed {seed}] {run_dir}")
-        return run_one(jr, run_dir, dist, teacher, datasets.get(jr))
-
-    runs, selection = [], {}
-    grids = {v.name: v for v in r.compare.variants if v.grid}
-    for name in dict.fromkeys(name for name, _, _ in jobs):
-        jr = next(j for n, j, _ in jobs if n == name)
-        if name in grids:
-            selection[name] = tune(r, grids[name], root / name, train_one)
-            jr = variant_recipe(r, name, point=selection[name].chosen_set)
-        for seed in [s for n, _, s in jobs if n == name]:
-            run_dir = root if single else study_run_dir(root, name, seed)
-            runs.append(train_one(name, jr, seed, run_dir))
+    for job in jobs + points:  # fail on a bad data, model or method setting before any training
+        preflight(job.recipe, datasets.get(job.recipe))
+    with (
+        run_lock(root, enabled=dist.is_main),
+        resumable_with(f"cmkd distill --resume {root}", "interrupted before training started"),
+    ):
+        _inspect(root, single, jobs + points, overwrite, clear_conflicts=dist.is_main)
+        barrier()
+        if not single and dist.is_main:
+            atomic_write_text(root / STUDY_FILE, dump_recipe(r))
+        runs, teachers, selection = _run_jobs(r, jobs, root, dist, datasets, overwrite)
     first = next(iter(teachers.values()), None)
     result = DistillResult(
         name=r.name,
@@ -346,6 +349,153 @@ def run(options: DistillOptions) -> DistillResult:
     return result
 
 
+def _plan_jobs(r: Recipe, root: Path, variants: list[str]) -> tuple[list[Job], bool]:
+    """The runs of recipe `r` (one per seed and compare variant, `variants` only when given)
+    and whether it is a single run (written to `root` itself)."""
+    planned = plan(r, r.seeds)
+    single = len(planned) == 1
+    if variants:
+        names = list(dict.fromkeys(name for name, _, _ in planned))
+        unknown = set(variants) - set(names)
+        if unknown:
+            raise UsageError(
+                f"--variant {sorted(unknown)[0]!r}: not a row of {r.name}; its rows: "
+                + ", ".join(names)
+            )
+        planned = [j for j in planned if j[0] in variants]
+    grids = {v.name for v in r.compare.variants if v.grid}
+    jobs = [
+        Job(name, _seeded(jr, seed), root if single else study_run_dir(root, name, seed))
+        for name, jr, seed in planned
+    ]
+    for job in jobs:
+        job.tuned = job.variant in grids
+    return jobs, single
+
+
+def _seeded(recipe: Recipe, seed: int) -> Recipe:
+    return recipe.model_copy(update={"train": recipe.train.model_copy(update={"seed": seed})})
+
+
+def _point_recipe(r: Recipe, variant: str, point: dict[str, Any]) -> Recipe:
+    """A `grid:` point's recipe for tuning: validated, never tested (`eval.test: false`)."""
+    pr = variant_recipe(r, variant, point=point)
+    return pr.model_copy(update={"eval": pr.eval.model_copy(update={"test": False})})
+
+
+def _tune_jobs(r: Recipe, root: Path, jobs: list[Job]) -> list[Job]:
+    """The tuning runs (ROOT/VARIANT/grid-K/seed-S) of the `grid:` variants among `jobs`."""
+    out = []
+    for v in r.compare.variants:
+        if v.grid and any(j.variant == v.name for j in jobs):
+            for k, point in enumerate(grid_points(v)):
+                pr = _point_recipe(r, v.name, point)
+                for seed in r.compare.tune_seeds:
+                    folder = study_run_dir(root / v.name, f"grid-{k}", seed)
+                    out.append(Job(f"{v.name} grid {point}", _seeded(pr, seed), folder))
+    return out
+
+
+def _inspect(
+    root: Path, single: bool, jobs: list[Job], overwrite: bool, clear_conflicts: bool = False
+) -> None:
+    """Set each job's status from what its directory holds; a directory of another recipe
+    is a `RunConflict`, or with `overwrite` cleared (when `clear_conflicts`) and new. Jobs
+    of `grid:` variants are inspected once their point is chosen."""
+    if not single:
+        try:
+            identity.inspect_study(root)
+        except identity.RunConflict:
+            if not overwrite:
+                raise
+            if clear_conflicts:
+                identity.clear(root)
+    for job in jobs:
+        if not job.tuned:
+            _inspect_job(job, overwrite, clear_conflicts)
+    teachers = {}  # a teacher a run still needs must be this recipe's (train() clears it)
+    for job in jobs:
+        if job.status != "finished" and not job.tuned and _pretrains_teacher(job.recipe):
+            teachers.setdefault(train_teacher.default_dir(job.recipe, root), job.recipe)
+    for out, jr in teachers.items():
+        try:
+            train_teacher.inspect_teacher(jr, out)
+        except identity.RunConflict:
+            if not overwrite:
+                raise
+
+
+def _inspect_job(job: Job, overwrite: bool, clear_conflicts: bool) -> None:
+    try:
+        job.status = identity.inspect_run(job.run_dir, job.recipe)
+    except identity.RunConflict:
+        if not overwrite:
+            raise
+        if clear_conflicts:
+            identity.clear(job.run_dir)
+        job.status = "new"
+
+
+def _run_jobs(
+    r: Recipe,
+    jobs: list[Job],
+    root: Path,
+    dist: DistInfo,
+    datasets: DataCache,
+    overwrite: bool,
+) -> tuple[list[RunSummary], dict[str, train_teacher.TeacherResult], dict[str, Selection]]:
+    """Each job in turn (its teacher trained first when it needs one); a `grid:` variant's
+    points are tuned first, then its seeds run at the chosen point."""
+    teachers: dict[str, train_teacher.TeacherResult] = {}
+
+    def teacher_for(jr: Recipe) -> Path | None:
+        if not _pretrains_teacher(jr):
+            return None
+        key = train_teacher.teacher_key(jr)
+        if key not in teachers:
+            out = train_teacher.default_dir(jr, root)
+            data = datasets.get(train_teacher.teacher_recipe(jr))  # pretrain.data_params
+            teachers[key] = train_teacher.train(jr, out, dist, data, overwrite)
+        return Path(teachers[key].checkpoint)
+
+    def run_job(job: Job) -> RunSummary:
+        label = f"[{job.variant} seed {job.recipe.train.seed}] {job.run_dir}"
+        if job.status == "finished":
+            console.info(f"{label}: skipped: finished with the same recipe")
+            return run_one(job, dist, None, datasets.get(job.recipe))
+        with run_lock(job.run_dir, enabled=dist.is_main):
+            if job.status == "unfinished":
+                console.info(f"{label}: resuming: unfinished with the same recipe")
+            else:
+                console.info(label)
+            if dist.is_main:
+                remove_stale_temporaries(job.run_dir)
+                if job.status == "new":
+                    atomic_write_text(job.run_dir / CONFIG, dump_recipe(job.recipe))
+            teacher = teacher_for(job.recipe)
+            return run_one(job, dist, teacher, datasets.get(job.recipe))
+
+    def train_one(name: str, jr: Recipe, seed: int, run_dir: Path) -> RunSummary:
+        job = Job(name, _seeded(jr, seed), run_dir)
+        _inspect_job(job, overwrite, dist.is_main)
+        barrier()
+        return run_job(job)
+
+    runs, selection = [], {}
+    grids = {v.name: v for v in r.compare.variants if v.grid}
+    for name in dict.fromkeys(job.variant for job in jobs):
+        group = [job for job in jobs if job.variant == name]
+        if name in grids:
+            selection[name] = tune(r, grids[name], root / name, train_one)
+            chosen = variant_recipe(r, name, point=selection[name].chosen_set)
+            for job in group:
+                job.recipe = _seeded(chosen, job.recipe.train.seed)
+                _inspect_job(job, overwrite, dist.is_main)
+            barrier()
+        runs += [run_job(job) for job in group]
+    return runs, teachers, selection
+
+
 def tune(
     recipe: Recipe,
     variant: Variant,
@@ -357,8 +507,7 @@ def tune(
     validation metric (`eval.mode`; the first of equals)."""
     metric, points = recipe.eval.metric, []
     for k, point in enumerate(grid_points(variant)):
-        pr = variant_recipe(recipe, variant.name, point=point)
-        pr = pr.model_copy(update={"eval": pr.eval.model_copy(update={"test": False})})
+        pr = _point_recipe(recipe, variant.name, point)
         val = []
         for seed in recipe.compare.tune_seeds:
             done = train_one(
@@ -372,8 +521,10 @@ def tune(
     return Selection(tune_seeds=recipe.compare.tune_seeds, points=points, chosen=chosen)
 
 
-def _uses_teacher(recipe: Recipe) -> bool:
-    return METHODS.get(recipe.method.name).uses_teacher
+def _pretrains_teacher(recipe: Recipe) -> bool:
+    """The run needs a teacher trained (or a trained one reused) first."""
+    uses = METHODS.get(recipe.method.name).uses_teacher
+    return bool(uses and recipe.teacher.needs_pretraining())
 
 
 def render(result: DistillResult) -> Table:

@@ -18,8 +18,9 @@ from rich.table import Table
 from cmkd_cli import console
 from cmkd_cli.data import fbank
 from cmkd_cli.data.manifest import Skipped, read_manifest, resolve
+from cmkd_cli.engine.lock import run_lock
 from cmkd_cli.errors import DataError, UsageError
-from cmkd_cli.io import atomic_write_jsonl
+from cmkd_cli.io import atomic_write_jsonl, remove_stale_temporaries
 from cmkd_cli.schema import StrictModel
 from data_prep.common import default_workers, parallel_map, reason_kind
 
@@ -79,6 +80,21 @@ def run(options: ExtractOptions) -> ExtractResult:
     if not records:
         raise DataError(f"{manifest}: no record has an `audio` path")
     items = [(r.id, str(resolve(manifest, r.audio).absolute())) for r in records]
+    out = Path(out)
+    with run_lock(out):  # one writer per store
+        remove_stale_temporaries(out)
+        return _extract(options, out, items, cfg, started)
+
+
+def _extract(
+    options: ExtractOptions,
+    out: Path,
+    items: list[tuple[str, str]],
+    cfg: fbank.FbankConfig,
+    started: float,
+) -> ExtractResult:
+    """The work of `run` once the store is locked."""
+    manifest, shard_size = options.manifest, options.shard_size
     fbank.check_config(out, cfg, options.overwrite)
     entries = fbank.finished_entries(out)
     missing = [
@@ -98,12 +114,17 @@ def run(options: ExtractOptions) -> ExtractResult:
         if "skipped" in entries.get(i, {})
     ]
     atomic_write_jsonl(out / "skipped.jsonl", [s.model_dump() for s in skipped])
+    if not indexed:
+        raise DataError(
+            f"{manifest}: no utterance has features ({len(skipped)} skipped: see "
+            f"{out / 'skipped.jsonl'})"
+        )
     return ExtractResult(
         manifest=str(manifest),
         out=str(out),
         index=str(out / fbank.INDEX),
         config=cfg,
-        records=len(records),
+        records=len(items),
         indexed=indexed,
         computed=sum(r.utterances for r in reports),
         skipped=len(skipped),

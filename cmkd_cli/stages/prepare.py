@@ -10,6 +10,7 @@ imports no reader.
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -18,7 +19,9 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from cmkd_cli import console
+from cmkd_cli.engine.lock import run_lock
 from cmkd_cli.errors import UsageError
+from cmkd_cli.io import remove_stale_temporaries
 
 HELP = "Read a public dataset in its own layout; write OUT/manifest.jsonl (+ skipped.jsonl)."
 
@@ -39,7 +42,9 @@ def run(name: str, **options: Any):
         err = exc.errors()[0]
         flag = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-")
         raise UsageError(f"prepare {name}: {flag}: {err['msg']}") from None
-    result = reader.prepare(opts)
+    with run_lock(Path(opts.out)):  # one writer per output folder
+        remove_stale_temporaries(opts.out)
+        result = reader.prepare(opts)
     short = [c for c in result.completeness if c.found < c.expected]
     if short:
         console.warn(

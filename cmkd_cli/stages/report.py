@@ -82,7 +82,7 @@ def report_run(run_dir: Path, plots: bool) -> RunReport:
     recipe = _stored_recipe(run_dir)
     ev = recipe.get("eval") or {}
     metric, mode = str(ev.get("metric", "accuracy")), str(ev.get("mode", "max"))
-    best = final["best_epoch"] + 1 if final else best_epoch(epochs, metric, mode)
+    best = final["best_epoch"] if final else best_epoch(epochs, metric, mode)
     name = run_name(run_dir, recipe)
     written: list[str] = []
     curves = run_curves(rows, metric, mode)
@@ -238,7 +238,7 @@ def _run_table(rep: RunReport) -> Table:
         t.add_column(units.label(short), justify="right")
     t.add_column("time", justify="right")
     for r in rep.epochs:
-        epoch = r["epoch"] + 1
+        epoch = r["epoch"]
         t.add_row(
             f"{epoch}{' *' if epoch == rep.best_epoch else ''}",
             *[units.show(k, r.get(k)) for k in keys],

@@ -19,13 +19,16 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from cmkd_cli import console, units
-from cmkd_cli.config import load_recipe
+from cmkd_cli.config import dump_recipe, load_recipe
 from cmkd_cli.data.datasets import DataBundle, KeyedDataset, build_data
+from cmkd_cli.engine import identity
 from cmkd_cli.engine.checkpoint import load_checkpoint
 from cmkd_cli.engine.distributed import DistInfo, barrier, init_distributed
+from cmkd_cli.engine.lock import run_lock
 from cmkd_cli.engine.loop import fit
 from cmkd_cli.errors import UsageError
-from cmkd_cli.io import atomic_torch_save
+from cmkd_cli.interrupts import resumable_with
+from cmkd_cli.io import atomic_torch_save, atomic_write_text, remove_stale_temporaries
 from cmkd_cli.runs import run_root
 from cmkd_cli.schema import DataConfig, Recipe, TeacherPretrain
 from cmkd_cli.stages.experiment import build_experiment
@@ -36,13 +39,14 @@ TEACHER_FILE = "teacher.pt"
 
 class TeacherOptions(RecipeOptions):
     out: Path | None = Field(None, description="output directory (default runs/NAME/teacher-KEY)")
+    overwrite: bool = Field(False, description="replace an OUT that holds another teacher")
 
 
 class TeacherResult(BaseModel):
     out: str
     checkpoint: str
     model: str
-    best_epoch: int
+    best_epoch: int | None  # 1-based
     val: dict[str, float]
     test: dict[str, float]
     trained: bool
@@ -127,24 +131,71 @@ def _first_item(split: KeyedDataset) -> dict[str, Any]:
         return split[0]
 
 
+def inspect_teacher(recipe: Recipe, out: Path) -> identity.Status:
+    """`finished` when OUT/teacher.pt is this recipe's teacher (same `teacher_key`: variants
+    that share a teacher share its folder), else the run rule on the teacher's own recipe
+    (`identity.inspect_run`): new, unfinished, or a `RunConflict`."""
+    ckpt_path = out / TEACHER_FILE
+    if ckpt_path.exists() and load_checkpoint(ckpt_path).get("key") == teacher_key(recipe):
+        return "finished"
+    status = identity.inspect_run(out, teacher_recipe(recipe))
+    if ckpt_path.exists():  # same recipe, other key: a teacher.pt from elsewhere
+        raise identity.RunConflict(
+            f"{ckpt_path} is not this recipe's teacher (key {teacher_key(recipe)}); replace it "
+            "(--overwrite) or choose another --out"
+        )
+    return status
+
+
 def train(
-    recipe: Recipe, out: Path, dist: DistInfo, data: DataBundle | None = None
+    recipe: Recipe,
+    out: Path,
+    dist: DistInfo,
+    data: DataBundle | None = None,
+    overwrite: bool = False,
 ) -> TeacherResult:
-    """Train (or reuse) the teacher of `recipe` into `out`; idempotent."""
+    """Train (or reuse) the teacher of `recipe` into `out`; idempotent and resumable; a
+    folder holding another teacher is refused (or cleared with `overwrite`)."""
+    with run_lock(out, enabled=dist.is_main):
+        try:
+            status = inspect_teacher(recipe, out)
+        except identity.RunConflict:
+            if not overwrite:
+                raise
+            if dist.is_main:
+                identity.clear(out)
+            status = "new"
+        barrier()
+        if status == "finished":
+            return _reused(out)
+        if dist.is_main:
+            remove_stale_temporaries(out)
+        return _train(recipe, out, dist, data, status)
+
+
+def _reused(out: Path) -> TeacherResult:
+    ckpt_path = out / TEACHER_FILE
+    meta = load_checkpoint(ckpt_path)
+    return TeacherResult(
+        out=str(out),
+        checkpoint=str(ckpt_path),
+        model=meta["model_name"],
+        best_epoch=meta["best_epoch"],
+        val=meta["val"],
+        test=meta["test"],
+        trained=False,
+    )
+
+
+def _train(
+    recipe: Recipe, out: Path, dist: DistInfo, data: DataBundle | None, status: str
+) -> TeacherResult:
     ckpt_path = out / TEACHER_FILE
     t_recipe = teacher_recipe(recipe)
-    if ckpt_path.exists():
-        meta = load_checkpoint(ckpt_path)
-        return TeacherResult(
-            out=str(out),
-            checkpoint=str(ckpt_path),
-            model=meta["model_name"],
-            best_epoch=meta["best_epoch"],
-            val=meta["val"],
-            test=meta["test"],
-            trained=False,
-        )
-    console.info(f"training teacher `{t_recipe.student.name}` into {out}")
+    verb = "resuming" if status == "unfinished" else "training"
+    console.info(f"{verb} teacher `{t_recipe.student.name}` into {out}")
+    if dist.is_main and status == "new":
+        atomic_write_text(out / identity.CONFIG, dump_recipe(t_recipe))
     data = data or build_data(t_recipe.data)
     if data.teacher_val is not None:  # evaluate the teacher on its own modality
         data = dataclasses.replace(data, val=data.teacher_val, test=data.teacher_val)
@@ -191,7 +242,9 @@ def run(options: TeacherOptions) -> TeacherResult:
         raise UsageError("--recipe is required")
     r = load_recipe(options.recipe, options.sets, options.variables)
     dist = init_distributed(r.train.device)
-    return train(r, options.out or default_dir(r, run_root(r)), dist)
+    folder = options.out or default_dir(r, run_root(r))
+    with resumable_with("the same command", "interrupted before training started"):
+        return train(r, folder, dist, overwrite=options.overwrite)
 
 
 def render(result: TeacherResult) -> str:

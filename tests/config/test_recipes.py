@@ -81,6 +81,23 @@ def test_invalid_yaml_names_line(tmp_path: Path) -> None:
         load_recipe(str(bad))
 
 
+def test_a_key_given_twice_names_key_and_lines(tmp_path: Path) -> None:
+    dup = write(
+        tmp_path / "d.yaml",
+        "extends: quickstart\nx-a: &a {lr: 0.1}\noptim:\n  <<: *a\n  lr: 0.2\n"
+        "train:\n  epochs: 3\n  epochs: 4\n",
+    )
+    with pytest.raises(
+        UsageError,
+        match=r"d\.yaml: line 8: key `epochs` appears twice in one mapping \(first on line 7\)",
+    ):
+        load_recipe(str(dup))
+    write(
+        tmp_path / "d.yaml", "extends: quickstart\nx-a: &a {lr: 0.1}\noptim:\n  <<: *a\n  lr: 0.2\n"
+    )
+    assert load_recipe(str(tmp_path / "d.yaml")).optim.lr == 0.2  # a merge key then an override
+
+
 def test_set_syntax_errors() -> None:
     with pytest.raises(UsageError, match="expected KEY=VALUE"):
         parse_set("method.T")

@@ -69,12 +69,46 @@ def test_a_killed_run_resumes_from_its_journal(tmp_path: Path) -> None:
     assert (res.reused, res.decoded, res.records) == (1, 1, 2)
 
 
-def test_duplicate_ids_and_empty_scans_are_errors(tmp_path: Path) -> None:
+def test_duplicates_and_crashing_items_are_skipped_and_nothing_kept_is_an_error(
+    tmp_path: Path,
+) -> None:
     opts, tasks = _tree(tmp_path)
-    with pytest.raises(DataError, match="two input files map to the same sample id 'a'"):
-        prepare_tasks("toy", opts, [tasks[0], tasks[0]], _worker)
+    twin = Task("a", (str(tmp_path / "root" / "a.flac"),), tasks[0].params)
+    crashing = Task("z", (str(tmp_path / "root" / "missing.txt"),), tasks[0].params)
+    res = prepare_tasks("toy", opts, [tasks[0], twin, tasks[2], crashing], _worker)
+    assert [r.id for r in read_manifest(opts.out)] == ["a", "c"]
+    skipped = [json.loads(line) for line in (opts.out / "skipped.jsonl").read_text().splitlines()]
+    assert skipped == [
+        {"path": str(tmp_path / "root" / "missing.txt"), "reason": skipped[0]["reason"]},
+        {
+            "path": twin.inputs[0],
+            "reason": f"duplicate: same sample id 'a' as {tasks[0].inputs[0]}, which is kept",
+        },
+    ]
+    assert skipped[0]["reason"].startswith("FileNotFoundError: ")  # not a DataError: still one item
+    assert res.records == 2 and res.skipped == 2
+
+    empty = PrepareOptions(root=opts.root, out=tmp_path / "none", workers=1)
+    with pytest.raises(DataError, match=r"toy: no record kept from .* \(1 unreadable\); see "):
+        prepare_tasks("toy", empty, [tasks[1]], _worker)
+    assert (empty.out / "skipped.jsonl").is_file() and not (empty.out / "manifest.jsonl").exists()
     with pytest.raises(DataError, match="no toy files found"):
         prepare_tasks("toy", opts, [], _worker)
+
+
+def test_a_float_image_with_nan_pixels_is_not_an_image(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from data_prep.common import check_image
+
+    pixels = np.ones((4, 5), dtype=np.float32)
+    Image.fromarray(pixels, mode="F").save(tmp_path / "ok.tif")
+    assert check_image(tmp_path / "ok.tif") == (5, 4)
+    pixels[1, 2] = np.nan
+    Image.fromarray(pixels, mode="F").save(tmp_path / "nan.tif")
+    with pytest.raises(DataError, match=r"nan\.tif: non-finite pixels: 1 of 20 are NaN or Inf"):
+        check_image(tmp_path / "nan.tif")
 
 
 def test_parallel_map_keeps_order_across_processes() -> None:

@@ -17,8 +17,7 @@ def test_killed_write_leaves_previous_checkpoint_valid(tmp_path: Path, monkeypat
     real_save = torch.save
 
     def dying_save(obj, f, *args, **kwargs):
-        with open(f, "wb") as fh:
-            fh.write(b"PK\x03\x04 half a zip")  # the bytes a killed writer leaves
+        f.write(b"PK\x03\x04 half a zip")  # the bytes a killed writer leaves
         raise KeyboardInterrupt  # as if the process was stopped mid-write
 
     monkeypatch.setattr(torch, "save", dying_save)
@@ -52,3 +51,21 @@ def test_unreadable_checkpoint_is_a_one_line_error(tmp_path: Path) -> None:
         ck.load_checkpoint(bad)
     with pytest.raises(RunError, match="does not exist"):
         ck.load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
+def test_a_full_disk_names_the_file(tmp_path: Path, monkeypatch) -> None:
+    """Writing to /dev/full fails as a full disk does (ENOSPC): not torch's enforce-fail."""
+    import builtins
+
+    import cmkd_cli.io as cio
+
+    def full_disk(path, mode="r", *args, **kwargs):
+        return builtins.open("/dev/full", mode, *args, **kwargs)
+
+    monkeypatch.setattr(cio, "open", full_disk, raising=False)
+    with pytest.raises(RunError, match=r"^no space left on device writing .*last\.pt$"):
+        ck.save_checkpoint(tmp_path / "last.pt", {"student": {"w": torch.zeros(100_000)}})
+    with pytest.raises(RunError, match=r"no space left on device writing .*final\.json"):
+        cio.atomic_write_json(tmp_path / "final.json", {"x": "y" * 100_000})
+    assert list(tmp_path.iterdir()) == []  # no temporary left behind

@@ -70,8 +70,8 @@ def test_killed_run_resumes_to_bit_identical_weights(cli, tmp_path: Path) -> Non
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    killed_at = load_checkpoint(run_dir / "last.pt")["epoch"]
-    assert killed_at < 5, "the run finished before it could be killed"
+    killed_at = load_checkpoint(run_dir / "last.pt")["epochs_done"]
+    assert killed_at < 6, "the run finished before it could be killed"
     assert not (run_dir / "final.json").exists()
 
     resumed = cli("--json", "distill", "--resume", run_dir)
@@ -84,7 +84,7 @@ def test_killed_run_resumes_to_bit_identical_weights(cli, tmp_path: Path) -> Non
         )
     assert resumed.json()["runs"][0]["test"] == ref_test(full_dir)
     epochs = [r for r in _rows(run_dir) if r["kind"] == "epoch"]
-    assert [r["epoch"] for r in epochs] == list(range(6))  # no duplicated epochs
+    assert [r["epoch"] for r in epochs] == [1, 2, 3, 4, 5, 6]  # no duplicated epochs
 
 
 def ref_test(run_dir: Path) -> dict:
@@ -230,4 +230,156 @@ def test_nan_loss_stops_with_step_and_term_and_keeps_last_good_state(tmp_path: P
     msg = str(err.value)
     assert f"step {steps_per_epoch + 2} (epoch 2, batch 2): loss term `task` is nan" in msg
     assert "last.pt" in msg
-    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 0  # the last good state
+    last = load_checkpoint(tmp_path / "last.pt")  # the last good state: after epoch 1
+    assert (last["epoch"], last["epochs_done"], last["batch"]) == (1, 1, 0)
+
+
+# ---------------------------------------------------------------- signals, mid-epoch resume
+
+MID = ["train.epochs=2", "train.max_steps_per_epoch=7", "output.tensorboard=false"]
+
+
+def _experiment(recipe_name: str, sets: list[str]):
+    recipe = load_recipe(recipe_name, [*SMALL, *MID, *sets])
+    return build_experiment(recipe)
+
+
+def _signal_at(exp, step: int, signum: int) -> None:
+    """Make the method send `signum` to this process during its `step`-th forward pass."""
+    forward = exp.method.forward
+    calls = {"n": 0}
+
+    def forward_then_signal(batch):
+        calls["n"] += 1
+        if calls["n"] == step:
+            os.kill(os.getpid(), signum)
+        return forward(batch)
+
+    exp.method.forward = forward_then_signal
+
+
+@pytest.mark.parametrize(
+    ("recipe_name", "sets"),
+    [
+        ("quickstart", ["method.name=kd"]),
+        ("zoo/kd_filter", ["method.selector=random"]),  # a generator carried between steps
+        ("zoo/dlb", []),  # the previous batch carried between steps
+    ],
+)
+def test_sigterm_mid_epoch_then_resume_is_bit_identical(
+    tmp_path: Path, recipe_name: str, sets: list[str]
+) -> None:
+    from cmkd_cli import interrupts
+
+    dist = init_distributed("cpu")
+    ref = _experiment(recipe_name, sets)
+    fit(ref.method, ref.data, ref.task, ref.recipe, tmp_path / "ref", dist)
+
+    run = tmp_path / "run"
+    first = _experiment(recipe_name, sets)
+    _signal_at(first, 10, signal.SIGTERM)  # the 3rd step of epoch 2
+    with interrupts.handle_signals(), pytest.raises(interrupts.Interrupted) as stop:
+        fit(first.method, first.data, first.task, first.recipe, run, dist)
+    assert stop.value.exit_code == 143
+    assert str(stop.value) == "interrupted at step 10 (epoch 2)"  # the step it came in ended
+    last = load_checkpoint(run / "last.pt")
+    assert (last["epoch"], last["epochs_done"], last["batch"], last["step"]) == (2, 1, 10 - 7, 10)
+    assert not (run / "final.json").exists()
+
+    again = _experiment(recipe_name, sets)
+    result = fit(again.method, again.data, again.task, again.recipe, run, dist)
+    assert result.resumed_from_epoch == 2
+    for name in ("last.pt", "best.pt"):
+        a, b = load_checkpoint(tmp_path / "ref" / name), load_checkpoint(run / name)
+        _states_equal(a["student"], b["student"])
+        _states_equal(a["method"], b["method"])
+    ref_rows = [r for r in _rows(tmp_path / "ref")]
+    rows = _rows(run)
+    strip = ("samples_per_s", "epoch_time_s")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in rows] == [
+        {k: v for k, v in r.items() if k not in strip} for r in ref_rows
+    ]  # the same rows, none twice, the epoch averages over both processes' steps
+
+
+def test_second_signal_stops_at_once_and_last_good_state_stays(tmp_path: Path) -> None:
+    from cmkd_cli import interrupts
+
+    dist = init_distributed("cpu")
+    exp = _experiment("quickstart", ["method.name=kd", "train.checkpoint_every=2"])
+    forward = exp.method.forward
+    calls = {"n": 0}
+
+    def twice(batch):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return forward(batch)
+
+    exp.method.forward = twice
+    with interrupts.handle_signals(), pytest.raises(interrupts.Interrupted) as stop:
+        fit(exp.method, exp.data, exp.task, exp.recipe, tmp_path, dist)
+    assert stop.value.exit_code == 130
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 4  # checkpoint_every=2, not step 5
+
+
+def test_checkpoint_every_writes_mid_epoch_states(tmp_path: Path, monkeypatch) -> None:
+    import cmkd_cli.engine.loop as loop
+
+    saved = []
+    real = loop.save_checkpoint
+
+    def record(path, state):
+        if Path(path).name == "last.pt":
+            saved.append((state["epochs_done"], state["batch"], state["step"]))
+        real(path, state)
+
+    monkeypatch.setattr(loop, "save_checkpoint", record)
+    exp = _experiment("quickstart", ["method.name=kd", "train.checkpoint_every=3"])
+    fit(exp.method, exp.data, exp.task, exp.recipe, tmp_path, init_distributed("cpu"))
+    # every 3rd step mid-epoch, and at each epoch's end (7 steps per epoch)
+    assert saved == [(0, 3, 3), (0, 6, 6), (1, 0, 7), (1, 2, 9), (1, 5, 12), (2, 0, 14)]
+
+
+def test_validation_draws_nothing_from_the_training_rng(tmp_path: Path) -> None:
+    """What training draws must not depend on how often it validates (eval.every)."""
+    draws = {}
+    for every in (1, 2):
+        exp = _experiment("quickstart", ["method.name=kd", f"eval.every={every}"])
+        forward = exp.method.forward
+        seen = []
+
+        def drawing(batch, forward=forward, seen=seen):
+            seen.append(torch.rand(()).item())  # e.g. dropout's masks
+            return forward(batch)
+
+        exp.method.forward = drawing
+        fit(
+            exp.method,
+            exp.data,
+            exp.task,
+            exp.recipe,
+            tmp_path / str(every),
+            init_distributed("cpu"),
+        )
+        draws[every] = seen
+    assert draws[1] == draws[2]
+
+
+def test_nonfinite_loss_names_the_batch_samples(tmp_path: Path) -> None:
+    exp = _experiment("quickstart", ["method.name=baseline"])
+    forward = exp.method.forward
+
+    def poisoned(batch):
+        out = forward(batch)
+        out.logits[1] = float("nan")  # the second sample of the batch gives a NaN output
+        out.losses["task"] = out.losses["task"] * float("nan")
+        return out
+
+    exp.method.forward = poisoned
+    with pytest.raises(NonFiniteLoss) as err:
+        fit(exp.method, exp.data, exp.task, exp.recipe, tmp_path, init_distributed("cpu"))
+    msg = str(err.value)
+    assert "step 1 (epoch 1, batch 1): loss term `task` is nan; its samples: " in msg
+    culprit = msg.split("(non-finite output for ")[1].split(")")[0]
+    assert culprit.count(",") == 0 and culprit in msg.split("its samples: ")[1].split(" (")[0]

@@ -70,10 +70,10 @@ def test_analyze_study_and_c2kd_run(cli, tmp_path: Path) -> None:
     # kept (Fig. 3): only c2kd logs it; per epoch, the mean of its logged per-step values
     rows = read_jsonl(run / "metrics.jsonl")
     [kept] = out["kept"]
-    assert kept["variant"] == "c2kd" and kept["epochs"] == [0, 1]
+    assert kept["variant"] == "c2kd" and kept["epochs"] == [1, 2]  # epochs count from 1
     expected = [
         statistics.fmean(r["stats/kept"] for r in rows if r["kind"] == "step" and r["epoch"] == e)
-        for e in (0, 1)
+        for e in (1, 2)
     ]
     assert kept["kept"] == pytest.approx(expected, abs=1e-6)
     assert all(0 < v < 1 for v in kept["kept"])  # KRC <= 0 drops some samples, not all

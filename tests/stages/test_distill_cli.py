@@ -51,7 +51,7 @@ def test_quickstart_reduced_writes_table_results_and_runs(cli, tmp_path: Path) -
 
     # a second call does no work: every run is already done
     again = cli("--json", "distill", "--recipe", "quickstart", "--seeds", "1,2", *FAST)
-    assert again.code == 0 and {r["status"] for r in again.json()["runs"]} == {"done"}
+    assert again.code == 0 and {r["status"] for r in again.json()["runs"]} == {"skipped"}
 
     # the shared space of paper A's classifier-level method matches images to class prompts
     match = cli("--json", "cross-match", "-c", root / "soft-classifier" / "seed-1" / "best.pt")

@@ -18,7 +18,7 @@ def test_keep_last_keeps_lean_epoch_snapshots(digits_run: Path) -> None:
     names = sorted(p.name for p in (digits_run / "epochs").glob("*.pt"))
     assert names == ["epoch-0002.pt", "epoch-0003.pt"]  # 3 epochs, keep_last 2
     snap = _snapshots(digits_run)[-1]
-    assert "optimizer" not in snap and snap["epoch"] == 2
+    assert "optimizer" not in snap and "progress" not in snap and snap["epoch"] == 3  # from 1
     last = torch.load(digits_run / "last.pt", weights_only=True)
     for k, v in last["student"].items():
         assert torch.equal(snap["student"][k], v)
