@@ -16,6 +16,7 @@ import io
 import pickle
 import tarfile
 import time
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -57,9 +58,43 @@ def find_source(root: Path) -> Path:
     raise DataError(f"{root}: holds neither {ARCHIVE} nor {FOLDER}/{{train,test,meta}}")
 
 
+#: every global the real pickles name: numpy arrays (numpy 1 and 2 module names) and the
+#: bytes encoding of protocol-2 pickles written by Python 3
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Loads only the builtin and numpy types CIFAR's pickles hold; any other global (what
+    a `__reduce__` payload needs to run code) is refused before anything is called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED:
+            raise _Refused(f"{module}.{name}")
+        with warnings.catch_warnings():  # numpy 2 still reads numpy 1's `numpy.core` names
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return super().find_class(module, name)
+
+
 def _unpickle(blob: bytes, where: str) -> dict[bytes, Any]:
     try:
-        obj = pickle.loads(blob, encoding="bytes")
+        obj = _CifarUnpickler(io.BytesIO(blob), encoding="bytes").load()
+    except _Refused as exc:
+        raise DataError(
+            f"{where}: refused: the pickle asks for `{exc}`, which CIFAR files never hold "
+            "(loading it could run code); nothing was executed"
+        ) from None
     except Exception as exc:  # a damaged pickle raises anything from EOFError to KeyError
         raise DataError(f"{where}: not a readable CIFAR pickle ({type(exc).__name__})") from None
     if not isinstance(obj, dict):

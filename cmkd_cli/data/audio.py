@@ -216,13 +216,18 @@ def load_audio(
     """Decode `path` to a mono float32 array at `sample_rate` (in [-1, 1]) and its info.
 
     Channels are averaged; another rate is resampled. Raises DataError for an empty,
-    truncated or non-audio file, or one with no samples.
+    truncated or non-audio file, one with no samples, or one with NaN/Inf samples (a
+    float wav can hold them; no model can use them).
     """
     path = Path(path)
     _check_file(path)
     channels_first, rate = (_read_soundfile if _uses_soundfile(path) else _read_av)(path)
     if channels_first.shape[1] == 0:
         raise DataError(f"{path}: the file holds no audio samples")
+    finite = np.isfinite(channels_first)
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        raise DataError(f"{path}: non-finite samples: {bad} of {finite.size} are NaN or Inf")
     mono = channels_first.mean(axis=0, dtype=np.float32)
     out = np.ascontiguousarray(resample(mono, rate, sample_rate), dtype=np.float32)
     info = AudioInfo(str(path), rate, channels_first.shape[0], sample_rate, len(out) / sample_rate)

@@ -245,7 +245,10 @@ def compute_fbank(samples: np.ndarray, cfg: FbankConfig, key: str = "") -> np.nd
         gen = torch.Generator().manual_seed(stable_seed("dither", key))
         noise = torch.randn(shape, generator=gen) * cfg.dither
     with torch.no_grad():
-        return fbank_module(cfg)(wave, noise)[0].numpy()
+        feats = fbank_module(cfg)(wave, noise)[0]
+    if not torch.isfinite(feats).all():
+        raise DataError("non-finite features (NaN or Inf) from finite samples")
+    return feats.numpy()
 
 
 def fbank_module(cfg: FbankConfig) -> nn.Module:
@@ -322,8 +325,10 @@ def write_shard(job: ShardJob) -> ShardReport:
         try:
             samples, info = load_audio(audio, cfg.sample_rate)
             f = compute_fbank(samples, cfg, uid)
-        except DataError as exc:
+        except Exception as exc:  # noqa: BLE001 - one bad utterance never fails the store
             text = str(exc).removeprefix(f"{audio}: ")
+            if not isinstance(exc, DataError):
+                text = f"{type(exc).__name__}: {text}"
             rows.append({"id": uid, "audio": audio, "stamp": stamp, "skipped": text})
             skipped += 1
             continue

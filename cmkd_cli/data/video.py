@@ -14,6 +14,9 @@ from cmkd_cli.data.audio import open_av_stream, stream_duration
 from cmkd_cli.errors import DataError
 from cmkd_cli.io import atomic_path
 
+#: how far past the last decoded frame a requested time may lie (rounding of durations)
+LATE_S = 0.25
+
 
 def frame_times(duration: float, n: int) -> list[float]:
     """Centres of `n` equal slices of [0, duration): n=1 gives the middle of the clip."""
@@ -26,9 +29,10 @@ def read_frames(
     """Decode `n` evenly spaced frames of the first video stream as RGB PIL images, or the
     frames at `times` (seconds from the stream's start, ascending; then `n` is ignored).
 
-    Seeks once (to the keyframe before the first time) and decodes forward; a time past
-    the last frame gets the last frame. Raises DataError for a missing, empty or
-    undecodable file.
+    Seeks once (to the keyframe before the first time) and decodes forward; a time at most
+    `LATE_S` (or two frames) past the last frame gets the last frame. Raises DataError for
+    a missing, empty or undecodable file, a still image in a video's name (a JPEG named
+    .flv), and a truncated video (its frames end well before a time asked for).
     """
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
@@ -37,6 +41,9 @@ def read_frames(
     if n == 0:
         return []
     with open_av_stream(path, "video") as (container, stream):
+        kind = container.format.name
+        if kind.endswith("_pipe") or kind == "image2":
+            raise DataError(f"{path}: not a video: a still image ({kind.removesuffix('_pipe')})")
         stream.thread_type = "AUTO"
         start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
         if times is None:
@@ -50,8 +57,16 @@ def read_frames(
                 images.append(frame.to_image())
             if len(images) == n:
                 break
+        rate, duration = float(stream.average_rate or 0), stream_duration(container, stream)
     if last is None:
         raise DataError(f"{path}: no video frame could be decoded")
+    if len(images) < n and last.time is not None:
+        late = targets[len(images)] - last.time
+        if late > max(LATE_S, 2 / rate if rate else 0.0):
+            raise DataError(
+                f"{path}: truncated video: its frames end at {last.time - start:.2f} s, "
+                f"before {targets[len(images)] - start:.2f} s (the header says {duration:.2f} s)"
+            )
     while len(images) < n:
         images.append(last.to_image())
     return images

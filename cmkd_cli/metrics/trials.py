@@ -73,8 +73,8 @@ def _parse(
     first, second, labels = [], [], []
     for n, line in _lines(path):
         tok = line.split()
-        if not tok:
-            raise DataError(f"{path}:{n}: blank line in the trial list")
+        if not tok or tok[0].startswith("#"):  # blank lines and comments
+            continue
         if len(tok) != len(columns):
             raise DataError(
                 f"{path}:{n}: expected {len(columns)} fields ({layout}), found {len(tok)}: "
@@ -109,9 +109,10 @@ def read_trials(
     """Read a VoxCeleb-format trial list: one `label utt1 utt2` per line, label 1 or 0.
 
     E.g. `1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav` (VoxCeleb1-O, -E,
-    -H). With `known_utterances`, every utterance must be one of them. A blank line, a label
-    other than 0/1, a line without exactly three fields or an unknown utterance is a
-    `DataError` naming the file and line.
+    -H). Blank lines and lines starting with `#` are ignored. With `known_utterances`,
+    every utterance must be one of them. A label other than 0/1, a line without exactly
+    three fields, an unknown utterance or a list without trials is a `DataError` naming the
+    file and line.
     """
     return _parse(path, "label utt1 utt2", _VOX_LABELS, known_utterances)
 
@@ -119,7 +120,8 @@ def read_trials(
 def read_trial_pairs(path: str | os.PathLike[str]) -> Trials:
     """A VoxCeleb-format list (`label utt1 utt2`), or one without labels (`utt1 utt2` per
     line: labels -1), told apart by the first line's field count (`cmkd score`)."""
-    first = next((line for _, line in _lines(Path(path)) if line.strip()), "")
+    lines = (line.strip() for _, line in _lines(Path(path)))
+    first = next((line for line in lines if line and not line.startswith("#")), "")
     if len(first.split()) == 2:
         return _parse(path, "utt1 utt2", {}, None)
     return read_trials(path)

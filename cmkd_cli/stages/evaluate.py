@@ -142,6 +142,29 @@ def check_store(student: Student, fbank: Path | None) -> None:
         open_store(str(fbank), student.input.fbank, "--fbank")
 
 
+def check_available(trials: Trials, path: Path, manifest: Path, fbank: Path | None) -> None:
+    """Every utterance of the list must have features (the store) or audio (the manifest);
+    the first that has not is named with its line of the list."""
+    if fbank is not None:
+        have, where = set(FbankStore(fbank).ids), f"the fbank store {fbank}"
+    else:
+        have = {r.id for r in read_manifest(manifest) if r.audio}
+        where = f"the manifest {manifest} (with audio)"
+    missing = [u for u in trials.utterances if utterance_key(u) not in have]
+    if not missing:
+        return
+    line = next(
+        (
+            n
+            for n, text in enumerate(path.read_text().splitlines(), 1)
+            if missing[0] in text.split()
+        ),
+        "?",
+    )
+    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+    raise DataError(f"{path}:{line}: utterance {missing[0]} is not in {where}{more}")
+
+
 def verify(
     student: Student,
     trials: Trials,
@@ -237,6 +260,7 @@ def run(options: EvalOptions) -> EvalResult:
         path = resolve_trials(name, o.lists, o.manifest, o.original)
         parsed = read_trials(path)
         for snr in o.snrs:
+            check_available(parsed, path, o.manifest, o.fbank if snr is None else None)
             feats = utterance_fbanks(student, o.manifest, o.fbank, noise, snr)
             png = det_path(o.det, path, snr, several)
             results.append(
@@ -286,6 +310,8 @@ def evaluate_classification(
             f"{exc}; give the test data with --manifest PATH"
             + (f" or --var NAME=PATH (the run used {used})" if used else "")
         ) from None
+    if len(data.test) == 0:
+        raise DataError(f"{checkpoint}: the recipe's test split ({r.data.name}) holds no samples")
     loaders = make_loaders(data, r, init_distributed(student.device.type))
     task = build_task(r.task, data.num_classes, r.task_params)
     model, dev = student.model, student.device

@@ -37,3 +37,23 @@ def test_unreadable_video_is_a_data_error(tmp_path: Path, make) -> None:
     path = make(tmp_path)
     with pytest.raises(DataError, match=str(path)):
         read_frames(path)
+
+
+def test_a_still_image_named_like_a_video_is_not_a_video(tmp_path: Path) -> None:
+    jpeg = next(shared_data("faces", "test_images").glob("*/1.jpg"))
+    fake = tmp_path / "clip.flv"
+    fake.write_bytes(jpeg.read_bytes())
+    with pytest.raises(DataError, match=r"clip\.flv: not a video: a still image \(jpeg\)"):
+        save_frames(fake, [tmp_path / f"f_{k}.jpg" for k in range(3)])
+    assert not list(tmp_path.glob("f_*.jpg"))
+
+
+def test_a_truncated_video_is_named_not_padded(tmp_path: Path) -> None:
+    from tests.fixtures_layouts import remux
+
+    flv = remux(shared_data("faces", "video.mp4"), tmp_path / "full.flv", "flv")
+    assert len(read_frames(flv, 3)) == 3  # the whole file is fine
+    cut = tmp_path / "cut.flv"
+    cut.write_bytes(flv.read_bytes()[: flv.stat().st_size * 2 // 5])
+    with pytest.raises(DataError, match=r"cut\.flv: truncated video: its frames end at "):
+        read_frames(cut, 3)

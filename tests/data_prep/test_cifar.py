@@ -67,3 +67,32 @@ def test_unpacked_folder_is_read_too(tmp_path: Path) -> None:
     archive.unlink()
     res = prepare_cifar100(CifarOptions(root=tmp_path / "c", out=tmp_path / "o", val_fraction=0.0))
     assert res.records == 9 and res.splits == {"test": 4, "train": 5}
+
+
+class _Payload:
+    """What a hostile `meta` pickle holds: unpickling it would create a file."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (str(self.target), "w"))
+
+
+def test_a_pickle_that_would_run_code_is_refused_unexecuted(cli, tmp_path: Path) -> None:
+    import pickle
+
+    archive = cifar100_archive(tmp_path / "d", train=6, test=4)
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "d", filter="data")
+    archive.unlink()
+    target = tmp_path / "pwned.txt"
+    meta = tmp_path / "d" / "cifar-100-python" / "meta"
+    meta.write_bytes(pickle.dumps({b"fine_label_names": _Payload(target)}, protocol=2))
+    assert pickle.loads(meta.read_bytes()) and target.exists()  # the payload does work...
+    target.unlink()
+
+    res = cli("prepare", "cifar100", "--root", tmp_path / "d", "--out", tmp_path / "o")
+    assert res.code == 1, res.stderr
+    assert "meta: refused: the pickle asks for `io.open`" in res.stderr
+    assert not target.exists()  # ...but never ran

@@ -44,6 +44,31 @@ def test_categories_conversions_and_skips(tmp_path: Path) -> None:
     assert (again.decoded, again.reused, again.records) == (0, 5, 4)
 
 
+def test_same_name_in_two_formats_skips_one_and_keeps_the_rest(tmp_path: Path) -> None:
+    root = musan_tree(tmp_path / "musan")
+    (wav,) = [p for p in (root / "noise" / "free-sound").glob("1-*.wav")]
+    samples, rate = sf.read(str(wav))
+    sf.write(str(wav.with_suffix(".flac")), samples, rate)  # x.wav and x.flac side by side
+    out = tmp_path / "out"
+    res = prepare_musan(MusanOptions(root=root, out=out, workers=1))
+    assert res.records == 4 and "noise/free-sound/" + wav.stem in {r.id for r in read_manifest(out)}
+    reasons = skip_reasons(out)
+    (dup,) = [p for p in reasons if reasons[p].startswith("duplicate")]
+    assert Path(dup).suffix in (".flac", ".wav") and "which is kept" in reasons[dup]
+
+
+def test_non_finite_audio_is_skipped_not_prepared(tmp_path: Path) -> None:
+    import numpy as np
+
+    root = musan_tree(tmp_path / "musan")
+    nan = root / "noise" / "free-sound" / "nan.wav"
+    sf.write(str(nan), np.full(16000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    out = tmp_path / "out"
+    res = prepare_musan(MusanOptions(root=root, out=out, workers=1))
+    assert res.records == 4 and "noise/free-sound/nan" not in {r.id for r in read_manifest(out)}
+    assert skip_reasons(out)[str(nan)] == "non-finite samples: 16000 of 16000 are NaN or Inf"
+
+
 def test_category_option(tmp_path: Path) -> None:
     root = musan_tree(tmp_path / "musan")
     res = prepare_musan(

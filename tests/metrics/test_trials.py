@@ -52,7 +52,6 @@ def test_read_cnceleb_trials(tmp_path):
 @pytest.mark.parametrize(
     "text, match",
     [
-        (VOX.replace("\n", "\n\n", 1), r"trials\.txt:2: blank line"),
         (VOX.replace("0 id10270", "2 id10270"), r"trials\.txt:2: label '2' is not '1' or '0'"),
         (VOX.replace("1 id10309", "yes id10309"), r"trials\.txt:3: label 'yes'"),
         (VOX.replace(" id10300/ize_eiCFEg0/00003.wav", ""), r"trials\.txt:2: expected 3 fields"),
@@ -62,6 +61,12 @@ def test_read_cnceleb_trials(tmp_path):
 def test_malformed_voxceleb_lines_name_the_line(tmp_path, text, match):
     with pytest.raises(DataError, match=match):
         read_trials(write(tmp_path, text))
+
+
+def test_blank_and_comment_lines_are_ignored(tmp_path):
+    plain = read_trials(write(tmp_path, VOX))
+    noted = read_trials(write(tmp_path, "# VoxCeleb1-O (cleaned)\n" + VOX.replace("\n", "\n\n", 1)))
+    assert noted.utterances == plain.utterances and noted.labels.tolist() == plain.labels.tolist()
 
 
 def test_cnceleb_bad_label_names_the_line(tmp_path):

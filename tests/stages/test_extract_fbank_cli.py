@@ -83,3 +83,29 @@ def test_voxceleb_trainer_frontend_store(cli, tmp_path: Path) -> None:
     assert kaldi.code == 2 and "frontend 'voxceleb_trainer' -> 'kaldi'" in kaldi.stderr
     bad = cli(*args, "--frontend", "voxceleb_trainer", "--dither", "1")
     assert bad.code == 2 and "no dither" in bad.stderr
+
+
+def test_non_finite_audio_is_skipped_with_its_reason(cli, tmp_path: Path) -> None:
+    import soundfile as sf
+
+    manifest = _manifest(tmp_path, 1)
+    nan_wav = tmp_path / "nan.wav"
+    sf.write(str(nan_wav), np.full(16000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    with open(manifest, "a") as fh:
+        fh.write(json.dumps({"id": "spk/nan", "audio": str(nan_wav)}) + "\n")
+    out = tmp_path / "fb"
+    res = cli("--json", "extract-fbank", "--manifest", manifest, "--out", out, "--workers", "1")
+    assert res.code == 0, res.stderr
+    assert res.json()["skip_reasons"] == {"not a readable audio file": 1, "non-finite samples": 1}
+    assert "spk/nan" not in FbankStore(out)
+    reasons = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    assert {
+        "path": str(nan_wav),
+        "reason": "non-finite samples: 16000 of 16000 are NaN or Inf",
+    } in reasons
+
+    only_bad = tmp_path / "bad" / "manifest.jsonl"
+    only_bad.parent.mkdir()
+    only_bad.write_text(json.dumps({"id": "spk/nan", "audio": str(nan_wav)}) + "\n")
+    none = cli("extract-fbank", "--manifest", only_bad, "--out", tmp_path / "fb2", "--workers", "1")
+    assert none.code == 1 and "no utterance has features" in none.stderr

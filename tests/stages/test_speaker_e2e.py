@@ -262,6 +262,21 @@ def test_speaker_pipeline(cli, work: Path, monkeypatch) -> None:
     bad = cli(*base, "--score", "euclid")
     assert bad.code == 2 and "--score 'euclid'" in bad.stderr
 
+    # an utterance the store lacks is named with its line of the list, not a KeyError
+    listed = (work / "lists" / "veri_test2.txt").read_text().splitlines()
+    bad_list = work / "missing.txt"
+    bad_list.write_text(
+        "# a comment\n\n" + listed[0] + "\n1 " + listed[0].split()[1] + " id99999/x/00001.wav\n"
+    )
+    missing = cli(
+        "eval", "--checkpoint", best, "--trials", bad_list, "--manifest",
+        work / "vox1" / "manifest.jsonl", *EVAL_CROPS, "--fbank", work / "vox1-fbank",
+    )  # fmt: skip
+    assert missing.code == 1, missing.stderr
+    assert (
+        "missing.txt:4: utterance id99999/x/00001.wav is not in the fbank store" in missing.stderr
+    )
+
     noisy = cli(
         "--json",
         "noise-test",
@@ -388,8 +403,10 @@ def test_trial_list_errors_name_file_and_line(cli, tmp_path: Path) -> None:
     from cmkd_cli.metrics.trials import read_trials
 
     bad = tmp_path / "t.txt"
-    bad.write_text("1 a.wav b.wav\n\n0 a.wav c.wav\n")
-    with pytest.raises(DataError, match=r"t\.txt:2: blank line"):
+    bad.write_text("# VoxCeleb1-O\n1 a.wav b.wav\n\n0 a.wav c.wav\n")
+    assert len(read_trials(bad)) == 2  # blank and comment lines are ignored
+    bad.write_text("# nothing but a comment\n\n")
+    with pytest.raises(DataError, match=r"t\.txt has no trials"):
         read_trials(bad)
     bad.write_text("1 a.wav b.wav\n2 a.wav c.wav\n")
     with pytest.raises(DataError, match=r"t\.txt:2"):
