@@ -98,7 +98,8 @@ def stored_recipe(run_dir: Path) -> dict[str, Any]:
     return validate_recipe(data, origin=str(path)).model_dump(mode="json")
 
 
-def _conflict(run_dir: Path, what: str) -> RunConflict:
+def conflict(run_dir: Path, what: str) -> RunConflict:
+    """The refusal for `run_dir`, which holds `what`, with the ways out."""
     return RunConflict(
         f"{run_dir} holds {what}; to keep it, name the new run (--set output.name=NEW), or "
         "replace it (--overwrite)"
@@ -109,21 +110,21 @@ def inspect_run(run_dir: Path, recipe: Recipe) -> Status:
     """Whether `run_dir` is new, a finished or an unfinished run of `recipe`; a directory
     holding anything else raises `RunConflict`."""
     if (run_dir / STUDY_FILE).exists():
-        raise _conflict(run_dir, "a study (study.yaml), not a single run")
+        raise conflict(run_dir, "a study (study.yaml), not a single run")
     if not (run_dir / CONFIG).exists():
         if any((run_dir / f).exists() for f in RUN_FILES):
-            raise _conflict(run_dir, "run files without a config.yaml (the recipe is unknown)")
+            raise conflict(run_dir, "run files without a config.yaml (the recipe is unknown)")
         return "new"
     diffs = differing_fields(identity(stored_recipe(run_dir)), identity(recipe))
     if diffs:
-        raise _conflict(run_dir, f"a run of another recipe ({describe_differences(diffs)})")
+        raise conflict(run_dir, f"a run of another recipe ({describe_differences(diffs)})")
     return "finished" if (run_dir / FINAL).exists() else "unfinished"
 
 
 def inspect_study(root: Path) -> None:
     """A study's root must not be a single run's directory."""
     if (root / CONFIG).exists() and not (root / STUDY_FILE).exists():
-        raise _conflict(root, "a single run (config.yaml), not a study")
+        raise conflict(root, "a single run (config.yaml), not a study")
 
 
 def clear(run_dir: Path) -> None:

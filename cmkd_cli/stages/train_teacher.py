@@ -35,6 +35,7 @@ from cmkd_cli.stages.experiment import build_experiment
 from cmkd_cli.stages.options import RecipeOptions
 
 TEACHER_FILE = "teacher.pt"
+KEY_FILE = "teacher-key.txt"  # written when training starts: the folder's identity
 
 
 class TeacherOptions(RecipeOptions):
@@ -132,19 +133,29 @@ def _first_item(split: KeyedDataset) -> dict[str, Any]:
 
 
 def inspect_teacher(recipe: Recipe, out: Path) -> identity.Status:
-    """`finished` when OUT/teacher.pt is this recipe's teacher (same `teacher_key`: variants
-    that share a teacher share its folder), else the run rule on the teacher's own recipe
-    (`identity.inspect_run`): new, unfinished, or a `RunConflict`."""
-    ckpt_path = out / TEACHER_FILE
-    if ckpt_path.exists() and load_checkpoint(ckpt_path).get("key") == teacher_key(recipe):
-        return "finished"
-    status = identity.inspect_run(out, teacher_recipe(recipe))
-    if ckpt_path.exists():  # same recipe, other key: a teacher.pt from elsewhere
-        raise identity.RunConflict(
-            f"{ckpt_path} is not this recipe's teacher (key {teacher_key(recipe)}); replace it "
-            "(--overwrite) or choose another --out"
+    """A teacher folder's identity is `teacher_key` (what changes the weights; variants that
+    share a teacher share its folder): `finished` when OUT/teacher.pt has this key,
+    `unfinished` when OUT/teacher-key.txt has it, `new` when OUT holds no run; any other
+    key is a `RunConflict` naming the differing fields of the teacher's recipe."""
+    key = teacher_key(recipe)
+    ckpt_path, key_path = out / TEACHER_FILE, out / KEY_FILE
+    if ckpt_path.exists():
+        found = load_checkpoint(ckpt_path).get("key")
+    elif key_path.exists():
+        found = key_path.read_text().strip()
+    else:
+        return identity.inspect_run(out, teacher_recipe(recipe))
+    if found == key:
+        return "finished" if ckpt_path.exists() else "unfinished"
+    what = f"another teacher (key {found}, this recipe's is {key})"
+    if (out / identity.CONFIG).exists():
+        diffs = identity.differing_fields(
+            identity.identity(identity.stored_recipe(out)),
+            identity.identity(teacher_recipe(recipe)),
         )
-    return status
+        if diffs:
+            what = f"another teacher ({identity.describe_differences(diffs)})"
+    raise identity.conflict(out, what)
 
 
 def train(
@@ -196,6 +207,7 @@ def _train(
     console.info(f"{verb} teacher `{t_recipe.student.name}` into {out}")
     if dist.is_main and status == "new":
         atomic_write_text(out / identity.CONFIG, dump_recipe(t_recipe))
+        atomic_write_text(out / KEY_FILE, teacher_key(recipe) + "\n")
     data = data or build_data(t_recipe.data)
     if data.teacher_val is not None:  # evaluate the teacher on its own modality
         data = dataclasses.replace(data, val=data.teacher_val, test=data.teacher_val)

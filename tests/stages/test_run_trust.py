@@ -198,3 +198,17 @@ def test_sigint_during_prepare_exits_130_and_keeps_finished_work(
     again = cli("--json", "prepare", "av-digits", "--root", shared_data, "--out", out)
     assert again.code == 0, again.stderr
     assert again.json()["reused"] >= kept - 1  # the last line may have been cut short
+
+
+def test_a_teacher_folder_is_its_teacher(cli, tmp_path: Path) -> None:
+    args = ["train-teacher", "--recipe", "zoo/kd", "--out", tmp_path / "t", *FAST]
+    first = cli("--json", *args)
+    assert first.code == 0 and first.json()["trained"] is True, first.stderr
+    again = cli("--json", *args, "--set", "train.log_every=3", "--set", "data.num_workers=0")
+    assert again.code == 0 and again.json()["trained"] is False
+    other = cli(*args, "--set", "teacher.pretrain.epochs=2")
+    assert other.code == 2, other.stderr
+    assert "holds another teacher (train.epochs: 1 -> 2)" in other.stderr
+    replaced = cli("--json", *args, "--set", "teacher.pretrain.epochs=2", "--overwrite")
+    assert replaced.code == 0 and replaced.json()["trained"] is True
+    assert _epochs(tmp_path / "t") == [1, 2]
