@@ -2,7 +2,8 @@
 
 One run: `OUTPUT_ROOT/NAME/` (`output.root`, `output.name` or the recipe's name). A study
 (several seeds or `compare:` variants): `OUTPUT_ROOT/NAME/VARIANT/seed-S/` per run, with the
-study's recipe in `OUTPUT_ROOT/NAME/study.yaml`. Every run directory holds `metrics.jsonl`.
+study's recipe in `OUTPUT_ROOT/NAME/study.yaml`; a `grid:` variant's tuning runs are
+`OUTPUT_ROOT/NAME/VARIANT/grid-K/seed-S/`. Every run directory holds `metrics.jsonl`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ def study_run_dir(root: Path, variant: str, seed: int) -> Path:
 
 
 def run_dirs(root: Path) -> list[Path]:
-    """The run directories at `root`: itself when it is a run, else its studies' runs."""
+    """The run directories at `root`: itself when it is a run; the `seed-S` runs of one
+    variant (`STUDY/VARIANT`) or of one grid point (`STUDY/VARIANT/grid-K`, the tuning runs
+    of a `grid:` variant); else a study's `VARIANT/seed-S` runs, its table's rows (the
+    tuning runs are in `results.json`'s `selection`, and at their own folders)."""
     if (root / METRICS_FILE).exists():
         return [root]
-    return sorted(p.parent for p in root.glob(f"*/seed-*/{METRICS_FILE}"))
+    own = sorted(p.parent for p in root.glob(f"seed-*/{METRICS_FILE}"))
+    return own or sorted(p.parent for p in root.glob(f"*/seed-*/{METRICS_FILE}"))

@@ -121,7 +121,8 @@ class Run(RunLog):
 
 
 def find_runs(roots: list[Path]) -> list[Run]:
-    """The runs under each root (a run directory, or a study's VARIANT/seed-S/ folders)."""
+    """The runs under each root (`runs.run_dirs`: a run directory, a study's VARIANT/seed-S/
+    folders, or those of one variant or grid point, labelled VARIANT/grid-K)."""
     runs = []
     for root in roots:
         if not root.is_dir():
@@ -136,7 +137,10 @@ def find_runs(roots: list[Path]) -> list[Run]:
             recipe = yaml.safe_load(config.read_text()) or {}
             in_study = d.name.startswith("seed-") and (d.parent.parent / STUDY_FILE).is_file()
             study = d != root or in_study
-            label = d.resolve().parent.name if study else d.resolve().name
+            parent = d.resolve().parent  # VARIANT, or VARIANT/grid-K for a tuning run
+            label = parent.name if study else d.resolve().name
+            if study and parent.name.startswith("grid-"):
+                label = f"{parent.parent.name}/{parent.name}"
             if d != root and len(roots) > 1:
                 label = f"{root.resolve().name}/{label}"
             runs.append(

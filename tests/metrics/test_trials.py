@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from cmkd_cli.errors import DataError
-from cmkd_cli.metrics.trials import Trials, read_cnceleb_trials, read_trials, score_trials
+from cmkd_cli.metrics.trials import (
+    Trials,
+    read_cnceleb_trials,
+    read_trial_pairs,
+    read_trials,
+    score_trials,
+)
 
 VOX = """\
 1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav
@@ -67,6 +73,12 @@ def test_blank_and_comment_lines_are_ignored(tmp_path):
     plain = read_trials(write(tmp_path, VOX))
     noted = read_trials(write(tmp_path, "# VoxCeleb1-O (cleaned)\n" + VOX.replace("\n", "\n\n", 1)))
     assert noted.utterances == plain.utterances and noted.labels.tolist() == plain.labels.tolist()
+    # `cmkd score`'s lists tell the layout from the first trial, not from a comment or blank
+    labelled = read_trial_pairs(write(tmp_path, "\n# label utt1 utt2: x y\n" + VOX))
+    assert labelled.labels.tolist() == plain.labels.tolist()
+    pairs = "".join(" ".join(ln.split()[1:]) + "\n" for ln in VOX.splitlines())
+    unlabelled = read_trial_pairs(write(tmp_path, "\n# two columns\n" + pairs))
+    assert unlabelled.labels.tolist() == [-1, -1, -1]
 
 
 def test_cnceleb_bad_label_names_the_line(tmp_path):

@@ -50,6 +50,28 @@ def test_grid_is_chosen_on_validation_and_only_the_choice_is_tested(cli, tmp_pat
     last = load_checkpoint(root / "kd" / "seed-1" / "last.pt")
     assert (last["epoch"], last["epochs_done"]) == (2, 2)  # epochs count from 1
 
+    # the run rule holds for the tuning runs too: a rerun skips them, a changed grid point
+    # is refused before any work, naming its folder
+    again = cli("--json", "distill", "--recipe", recipe, *FAST)
+    assert again.code == 0, again.stderr
+    assert {r["status"] for r in again.json()["runs"]} == {"skipped"}
+    assert again.json()["selection"] == out["selection"]
+    assert "kd/grid-1/seed-7: skipped: finished with the same recipe" in again.stderr
+    recipe.write_text(recipe.read_text().replace("[1.0, 8.0]", "[1.0, 4.0]"))
+    changed = cli("distill", "--recipe", recipe, *FAST)
+    assert changed.code == 2, changed.stderr
+    assert "kd/grid-1/seed-7 holds a run of another recipe (method.T: 8.0 -> 4.0)" in changed.stderr
+    # report and analyze find a grid point's runs at its folder; a variant's are its seeds
+    for folder, run in ((root / "kd" / "grid-1", "seed-7"), (root / "kd", "seed-1")):
+        rep = cli("--json", "report", folder, "--no-plots")
+        assert rep.code == 0, rep.stderr
+        assert [Path(r["run_dir"]).resolve() for r in rep.json()["runs"]] == [
+            (folder / run).resolve()
+        ]
+    cost = cli("--json", "analyze", root / "kd" / "grid-1", "--cost", "--out", tmp_path / "a")
+    assert cost.code == 0, cost.stderr
+    assert [r["variant"] for r in cost.json()["cost"]] == ["kd/grid-1"]
+
     # the teacher trained on every training image, the student on 10% of them
     teacher = Path(out["teacher"]["checkpoint"])
     resolved = load_recipe(str(recipe), [s for s in FAST[1:6:2]])

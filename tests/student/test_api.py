@@ -92,6 +92,26 @@ def test_embed_and_predict_are_the_evaluation_path(digits_run: Path, cli) -> Non
     assert ev_best.json()["metrics"] == ev.json()["metrics"]
 
 
+def test_eval_of_an_empty_test_split_says_so(digits_run: Path, cli, monkeypatch) -> None:
+    """An evaluation left with no sample exits 1 naming the split (issue 11 item 8)."""
+    import dataclasses
+
+    from torch.utils.data import Subset
+
+    from cmkd_cli.stages import evaluate
+
+    real = evaluate.build_data
+
+    def emptied(cfg):
+        bundle = real(cfg)
+        return dataclasses.replace(bundle, test=Subset(bundle.test, []))
+
+    monkeypatch.setattr(evaluate, "build_data", emptied)
+    res = cli("eval", "--checkpoint", digits_run / "best.pt")
+    assert res.code == 1, res.stderr
+    assert "best.pt: the recipe's test split (digits) holds no samples" in res.stderr
+
+
 def test_image_paths_and_pil_images_are_decoded_like_arrays(digits_run: Path, tmp_path) -> None:
     from PIL import Image
 
