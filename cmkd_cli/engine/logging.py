@@ -25,11 +25,11 @@ class MetricsLogger:
 
     def truncate_after(self, epoch: int, batch: int) -> None:
         """On resume at batch `batch` of `epoch`: drop the rows logged after that point by
-        the stopped process (they will be redone)."""
+        the stopped process (they will be redone), and a last line a kill cut short."""
         if self.enabled and self.path.exists():
             rows = [
                 r
-                for r in read_jsonl(self.path)
+                for r in read_jsonl(self.path, growing=True)
                 if r.get("epoch", 0) < epoch
                 or (
                     r.get("epoch") == epoch

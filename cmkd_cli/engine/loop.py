@@ -409,12 +409,14 @@ def _position(ckpt: dict[str, Any]) -> tuple[int, int, int | None]:
 
 def resume(trainer: Trainer) -> FitState:
     """The state in RUN/last.pt (weights, optimiser, schedule, RNG, the epoch's progress), or
-    a fresh state (and RUN/config.yaml written) when there is none."""
+    a fresh state (and RUN/config.yaml written) when there is none; metrics.jsonl keeps only
+    the rows logged up to that state (a killed process's later rows are redone)."""
     state = FitState()
     if not trainer.last_path.exists():
         config = trainer.run_dir / "config.yaml"
         if trainer.dist.is_main and not config.exists():
             atomic_write_text(config, dump_recipe(trainer.recipe))
+        trainer.logger.truncate_after(state.epoch, 0)  # killed before its first last.pt
         return state
     ckpt = load_checkpoint(trainer.last_path, map_location=trainer.dist.device)
     trainer.method.student.load_state_dict(ckpt["student"])

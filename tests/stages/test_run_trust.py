@@ -212,3 +212,19 @@ def test_a_teacher_folder_is_its_teacher(cli, tmp_path: Path) -> None:
     replaced = cli("--json", *args, "--set", "teacher.pretrain.epochs=2", "--overwrite")
     assert replaced.code == 0 and replaced.json()["trained"] is True
     assert _epochs(tmp_path / "t") == [1, 2]
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_its_log_afresh(
+    cli, tmp_path: Path
+) -> None:
+    args = ["--json", "distill", "--recipe", "zoo/kd", *FAST]
+    assert cli(*args).code == 0
+    run = tmp_path / "runs" / "kd"
+    for name in ("last.pt", "best.pt", "student.pt", "final.json"):  # killed in epoch 1
+        (run / name).unlink()
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write('{"loss/task": 2.3, "kind": "st')  # a line the kill cut short
+    again = cli(*args)
+    assert again.code == 0, again.stderr
+    assert again.json()["runs"][0]["status"] == "resumed"
+    assert _epochs(run) == [1]  # the stopped process's rows are gone, the file parses
