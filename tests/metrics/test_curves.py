@@ -13,19 +13,20 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _rows(epochs: int = 3, steps: int = 10, lr_teacher_scale: float = 1.0) -> list[dict]:
-    """A run of `epochs` closed epochs of `steps` steps, logged every 5 steps."""
+    """A run of `epochs` closed epochs of `steps` steps, logged every 5 steps (epochs count
+    from 1, as the engine logs them)."""
     rows = []
     for e in range(epochs):
         for s in range(e * steps + 5, (e + 1) * steps + 1, 5):
             lr = 0.1 * (1 - s / (epochs * steps))
             rows.append(
-                {"kind": "step", "epoch": e, "step": s, "loss/total": 1 / s, "loss/kd": 0.5 / s}
+                {"kind": "step", "epoch": e + 1, "step": s, "loss/total": 1 / s, "loss/kd": 0.5 / s}
                 | {"lr/student": lr, "lr/proxy": lr, "lr/teacher": lr * lr_teacher_scale}
                 | {"stats/kept": 0.5 + 0.1 * e}
             )
         acc = [0.5, 0.9, 0.8][e % 3]
         rows.append(
-            {"kind": "epoch", "epoch": e, "step": (e + 1) * steps, "val/accuracy": acc}
+            {"kind": "epoch", "epoch": e + 1, "step": (e + 1) * steps, "val/accuracy": acc}
             | {"val/loss": 1.0 - acc}
         )
     return rows
@@ -66,7 +67,7 @@ def test_groups_sharing_a_schedule_are_one_line() -> None:
 
 
 def test_best_epoch_follows_the_mode_and_keeps_the_first_of_equals() -> None:
-    epochs = [{"epoch": e, "val/eer": v} for e, v in enumerate([0.3, 0.1, 0.1, 0.2])]
+    epochs = [{"epoch": e, "val/eer": v} for e, v in enumerate([0.3, 0.1, 0.1, 0.2], 1)]
     assert best_epoch(epochs, "eer", "min") == 2
     assert best_epoch(epochs, "eer", "max") == 1
     assert best_epoch(epochs, "accuracy") is None
