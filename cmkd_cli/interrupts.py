@@ -12,6 +12,7 @@ ignored, as Python itself does.
 
 from __future__ import annotations
 
+import multiprocessing
 import signal
 import threading
 from collections.abc import Iterator
@@ -99,6 +100,17 @@ def handle_signals() -> Iterator[None]:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _installed, _pending = False, None
+        reap_workers()
+
+
+def reap_workers() -> None:
+    """Kill the daemonic worker processes still alive (DataLoader workers): they ignore
+    SIGTERM (`ignore_in_worker`), and the interpreter's exit terminates daemonic children
+    with SIGTERM, then waits for them, which would be forever."""
+    for proc in multiprocessing.active_children():
+        if proc.daemon:
+            proc.kill()
+            proc.join(5)
 
 
 @contextmanager

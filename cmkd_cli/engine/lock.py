@@ -1,9 +1,13 @@
 """One writer per run directory: an exclusive lock on RUN/.lock while a process works there.
 
-The lock is `flock(2)` on the file, so the kernel drops it when its holder dies, however
-it dies (kill -9 included): a stale `.lock` file never blocks a later run. The file names
-the holder (pid, host, start time, command) for the message a second process gets
-(exit 1). Locks are re-entrant within a process (a study locks its root, then each run).
+The lock is a POSIX record lock on the file (`lockf`, fcntl F_SETLK), so the kernel drops it
+when its holder dies, however it dies (kill -9 included): a stale `.lock` file never blocks
+a later run. Unlike `flock(2)` it is not inherited by forked children, so DataLoader workers
+that outlive a killed run for a few seconds do not keep holding it. (A POSIX lock is also
+released when its process closes any descriptor of the file: nothing else here opens `.lock`
+while holding it; `_holder` reads it only in a process that failed to lock.) The file names
+the holder (pid, host, start time, command) for the message a second process gets (exit 1).
+Locks are re-entrant within a process (a study locks its root, then each run).
 On a filesystem without locks a warning says so and the run goes on unlocked.
 """
 
@@ -60,9 +64,9 @@ def run_lock(run_dir: Path, enabled: bool = True) -> Iterator[None]:
             _held[key] = (fd, depth - 1)
         return
     path = run_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
@@ -86,4 +90,4 @@ def run_lock(run_dir: Path, enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         del _held[key]
-        os.close(fd)  # releases the flock
+        os.close(fd)  # releases the lock

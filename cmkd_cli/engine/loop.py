@@ -151,6 +151,17 @@ def make_loaders(data: Any, recipe: Recipe, dist: DistInfo) -> dict[str, Any]:
     }
 
 
+def release_workers(loaders: dict[str, Any]) -> None:
+    """Stop the loaders' persistent workers now, however the run ends: they ignore SIGTERM
+    (`make_loaders`), so left to the interpreter's exit, which terminates and joins them,
+    they would keep it waiting (`interrupts.handle_signals` kills any that remain)."""
+    for loader in loaders.values():
+        # a DataLoader keeps its iterator (and its workers) only with persistent workers
+        if isinstance(loader, DataLoader) and loader._iterator is not None:
+            loader._iterator._shutdown_workers()
+            loader._iterator = None
+
+
 def attach_input_cache(data: Any, recipe: Recipe, dist: DistInfo) -> None:
     """Decode the data's inputs once into memory-mapped caches (`data/input_cache.py`):
     the main process writes them (its loader workers decoding), the others then read them."""
@@ -338,6 +349,7 @@ def fit(
         raise _interrupted(state, stop.signum) from None
     finally:
         trainer.logger.close()  # TensorBoard's buffered events too, however the run ends
+        release_workers(trainer.loaders)
 
 
 def build(

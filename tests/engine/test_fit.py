@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -205,9 +206,8 @@ def _init_head() -> torch.Tensor:
 
 
 def test_nan_loss_stops_with_step_and_term_and_keeps_last_good_state(tmp_path: Path) -> None:
-    recipe = load_recipe(
-        "quickstart", [*SMALL, "method.name=baseline", "train.epochs=3", "output.tensorboard=false"]
-    )
+    sets = ["method.name=baseline", "train.epochs=3", "output.tensorboard=false"]
+    recipe = load_recipe("quickstart", [*SMALL, *sets, "data.num_workers=1"])
     exp = build_experiment(recipe)
     forward = exp.method.forward
     calls = {"n": 0}
@@ -232,6 +232,9 @@ def test_nan_loss_stops_with_step_and_term_and_keeps_last_good_state(tmp_path: P
     assert "last.pt" in msg
     last = load_checkpoint(tmp_path / "last.pt")  # the last good state: after epoch 1
     assert (last["epoch"], last["epochs_done"], last["batch"]) == (1, 1, 0)
+    # the loader's persistent worker, which ignores SIGTERM, is stopped with the run (left
+    # to the interpreter's exit, it would keep the process waiting for ever)
+    assert not [p for p in multiprocessing.active_children() if p.daemon]
 
 
 # ---------------------------------------------------------------- signals, mid-epoch resume
