@@ -120,7 +120,11 @@ def distill(
         Path | None, typer.Option("--resume", help="continue the run or study in this directory")
     ] = None,
     variant: Annotated[
-        list[str] | None, typer.Option("--variant", help="run only these compare variants")
+        list[str] | None,
+        typer.Option(
+            "--variant",
+            help="run only these compare variants (names or shell-style patterns: a2v-*)",
+        ),
     ] = None,
     overwrite: Annotated[
         bool,

@@ -9,6 +9,7 @@ One process writes a directory at a time (engine/lock.py).
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import statistics
 from collections.abc import Callable
@@ -50,7 +51,10 @@ from cmkd_cli.stages.options import RecipeOptions
 class DistillOptions(RecipeOptions):
     seeds: list[int] | None = Field(None, description="seeds to run (default: the recipe's)")
     resume: Path | None = Field(None, description="continue the run or study in this directory")
-    variants: list[str] = Field(default_factory=list, description="only these compare variants")
+    variants: list[str] = Field(
+        default_factory=list,
+        description="only these compare variants (names or shell-style patterns)",
+    )
     overwrite: bool = Field(
         False, description="replace run directories that hold another recipe (--overwrite)"
     )
@@ -349,20 +353,28 @@ def run(options: DistillOptions) -> DistillResult:
     return result
 
 
+def selected_rows(patterns: list[str], names: list[str], recipe: str) -> set[str]:
+    """The rows `--variant` names: each a row's name or a shell-style pattern (`a2v-*`,
+    `*-kd`); one that matches no row is an error listing the rows."""
+    chosen: set[str] = set()
+    for pattern in patterns:
+        hits = fnmatch.filter(names, pattern)
+        if not hits:
+            raise UsageError(
+                f"--variant {pattern!r}: not a row of {recipe}; its rows: " + ", ".join(names)
+            )
+        chosen.update(hits)
+    return chosen
+
+
 def _plan_jobs(r: Recipe, root: Path, variants: list[str]) -> tuple[list[Job], bool]:
     """The runs of recipe `r` (one per seed and compare variant, `variants` only when given)
     and whether it is a single run (written to `root` itself)."""
     planned = plan(r, r.seeds)
     single = len(planned) == 1
     if variants:
-        names = list(dict.fromkeys(name for name, _, _ in planned))
-        unknown = set(variants) - set(names)
-        if unknown:
-            raise UsageError(
-                f"--variant {sorted(unknown)[0]!r}: not a row of {r.name}; its rows: "
-                + ", ".join(names)
-            )
-        planned = [j for j in planned if j[0] in variants]
+        chosen = selected_rows(variants, list(dict.fromkeys(n for n, _, _ in planned)), r.name)
+        planned = [j for j in planned if j[0] in chosen]
     grids = {v.name for v in r.compare.variants if v.grid}
     jobs = [
         Job(name, _seeded(jr, seed), root if single else study_run_dir(root, name, seed))

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from cmkd_cli.errors import UsageError
+from cmkd_cli.stages import distill
+
 FAST = ["--set", "train.epochs=2", "--set", "teacher.pretrain.epochs=2", "--set", "train.threads=1"]
 
 
@@ -163,3 +166,15 @@ def test_wrong_eval_metric_fails_before_any_work(cli, tmp_path: Path) -> None:
     assert res.code == 2, res.stderr
     assert "eval.metric: 'acc' is not one of ['accuracy', 'loss']" in res.stderr
     assert not (tmp_path / "runs").exists()  # no teacher trained, no epoch run
+
+
+def test_variant_patterns_select_rows_and_a_pattern_matching_none_is_an_error() -> None:
+    rows = ["a2v-05-none", "a2v-05-kd", "v2a-05-none", "v2a-05-kd"]
+    assert distill.selected_rows(["a2v-*"], rows, "r") == {"a2v-05-none", "a2v-05-kd"}
+    assert distill.selected_rows(["*-kd", "v2a-05-none"], rows, "r") == {
+        "a2v-05-kd",
+        "v2a-05-kd",
+        "v2a-05-none",
+    }
+    with pytest.raises(UsageError, match=r"--variant 'x2y-\*': not a row of r; its rows: a2v-05"):
+        distill.selected_rows(["x2y-*"], rows, "r")
