@@ -53,6 +53,7 @@ CLASSES = 4
 
 def real_frames(out: Path, n: int) -> list[Path]:
     """`n` JPEG frames of the shared 1080p video, scaled to 640 x 360."""
+    out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, img in enumerate(read_frames(SHARED / "faces" / "video.mp4", n)):
         path = out / f"frame-{i:03d}.jpg"
@@ -156,8 +157,8 @@ def main() -> None:
                 continue
             wavs = real_speech(tmp / "media", seconds, 4)
             write_manifest(tmp / folder, args.records, frames, wavs, k)
-            sets = ["teacher.pretrain=null", "teacher.tune=full", f"train.cache_dir={tmp}"]
-            sets.append("teacher.checkpoint=null")
+            # the teacher untrained (its pretraining is not run here): the step's cost only
+            sets = ["teacher.tune=full", f"train.cache_dir={tmp}", "teacher.checkpoint=null"]
             recipe = load_recipe(recipe_name, sets, {"data_root": str(tmp)})
             plain = view_rates(build_data(recipe.data), args.reads)
             cached_data = build_data(recipe.data)
