@@ -94,12 +94,26 @@ class EngineArm:
     def run(self, n: int) -> float:
         t0 = time.perf_counter()
         loop.train_epoch(self.trainer, self.state)
-        self.state.epoch += 1
+        self.state.epoch, self.state.batch, self.state.epoch_time = self.state.epoch + 1, 0, 0.0
         return (time.perf_counter() - t0) / n
 
     def preload(self) -> None:
-        batches = iter(self.trainer.loaders["train"])
-        self.trainer.loaders["train"] = [next(batches) for _ in range(self.trainer.steps_per_epoch)]
+        loader = self.trainer.loaders["train"]
+        batches = iter(loader)
+        held = Preloaded(next(batches) for _ in range(self.trainer.steps_per_epoch))
+        held.generator = loader.generator
+        loop.release_workers(self.trainer.loaders)
+        self.trainer.loaders["train"] = held
+
+    def close(self) -> None:
+        """Stop the loader's persistent workers (they would keep the exit waiting)."""
+        loop.release_workers(self.trainer.loaders)
+
+
+class Preloaded(list):
+    """Batches held in memory, with the `generator` the engine seeds every epoch."""
+
+    generator: torch.Generator
 
 
 class ReleasedArm:
@@ -247,6 +261,8 @@ def breakdown(arm: EngineArm, n: int) -> dict[str, float]:
     loader = trainer.loaders["train"]
 
     class TimedLoader:
+        generator = loader.generator
+
         def __iter__(self):
             it = iter(loader)
             return iter(lambda: sw.wrap("data", next)(it), None)
@@ -301,31 +317,39 @@ def main() -> None:
     print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        cmkd = EngineArm([], args, tmp)
-        classes = cmkd.exp.data.num_classes
-        released = ReleasedArm(ReleasedDistill(classes, device), cmkd.exp.data, args, tmp)
-        cmkd_pre = EngineArm([], args, tmp)
-        cmkd_pre.preload()
-        released_pre = ReleasedArm(ReleasedDistill(classes, device), cmkd.exp.data, args, tmp)
-        released_pre.preload(args.steps)
-        arms: dict[str, Callable[[int], float]] = {
-            "released (data)": released.run,
-            "cmkd (data)": cmkd.run,
-            "cmkd (no input cache, data)": EngineArm(["train.input_cache=false"], args, tmp).run,
-            "cmkd fast (data)": EngineArm(FAST, args, tmp).run,
-            "released (preloaded)": released_pre.run,
-            "cmkd (preloaded)": cmkd_pre.run,
-        }
-        if args.compile:
-            arms["cmkd fast + compile (data)"] = EngineArm(
-                FAST + ["train.compile=true"], args, tmp
-            ).run
-        if not args.skip_pretrain:
-            pre = ReleasedArm(ReleasedPretrain(classes, device), cmkd.exp.data, args, tmp)
-            arms["released teacher pretraining (data)"] = pre.run
-            arms["cmkd teacher pretraining (data)"] = EngineArm([], args, tmp, teacher=True).run
-        times = interleave(arms, args.steps, args.rounds)
-        parts = breakdown(EngineArm([], args, tmp), args.steps)
+        engines: list[EngineArm] = []
+
+        def engine(sets: list[str], teacher: bool = False) -> EngineArm:
+            engines.append(EngineArm(sets, args, tmp, teacher))
+            return engines[-1]
+
+        try:
+            cmkd = engine([])
+            classes = cmkd.exp.data.num_classes
+            released = ReleasedArm(ReleasedDistill(classes, device), cmkd.exp.data, args, tmp)
+            cmkd_pre = engine([])
+            cmkd_pre.preload()
+            released_pre = ReleasedArm(ReleasedDistill(classes, device), cmkd.exp.data, args, tmp)
+            released_pre.preload(args.steps)
+            arms: dict[str, Callable[[int], float]] = {
+                "released (data)": released.run,
+                "cmkd (data)": cmkd.run,
+                "cmkd (no input cache, data)": engine(["train.input_cache=false"]).run,
+                "cmkd fast (data)": engine(FAST).run,
+                "released (preloaded)": released_pre.run,
+                "cmkd (preloaded)": cmkd_pre.run,
+            }
+            if args.compile:
+                arms["cmkd fast + compile (data)"] = engine(FAST + ["train.compile=true"]).run
+            if not args.skip_pretrain:
+                pre = ReleasedArm(ReleasedPretrain(classes, device), cmkd.exp.data, args, tmp)
+                arms["released teacher pretraining (data)"] = pre.run
+                arms["cmkd teacher pretraining (data)"] = engine([], teacher=True).run
+            times = interleave(arms, args.steps, args.rounds)
+            parts = breakdown(engine([]), args.steps)
+        finally:
+            for arm in engines:
+                arm.close()
     pairs = [
         ("cmkd (data)", "released (data)"),
         ("cmkd (no input cache, data)", "released (data)"),
