@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from data_prep.av_digits import AVDigitsOptions, prepare_av_digits
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -33,6 +35,14 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"../shared/data not present: {path} is missing")
     return path
+
+
+def prepared_av_digits(out: Path, takes: int) -> Path:
+    """AV-digits prepared from ../shared/data into `out` (`takes` per speaker and digit,
+    split by speaker); skips the test with the reason when the data is absent."""
+    root = shared_data()
+    prepare_av_digits(AVDigitsOptions(root=root, out=out, takes=takes, split="speaker", workers=1))
+    return out
 
 
 def fresh_path(dst: Path) -> Path:

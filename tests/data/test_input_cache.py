@@ -14,7 +14,7 @@ from cmkd_cli.data.datasets import KeyedDataset
 from cmkd_cli.data.input_cache import META, InputCache, build_cache
 from cmkd_cli.data.multimodal import manifest_dataset
 from cmkd_cli.errors import DataError
-from data_prep.av_digits import AVDigitsOptions, prepare_av_digits
+from tests.fixtures_layouts import prepared_av_digits
 
 # 16 kHz, 101 frames (1.03 s): most FSDD digits are shorter (a static view), a few longer
 AUDIO = {"sample_rate": 16000, "window": 512, "overlap": 353, "length": 101}
@@ -22,13 +22,8 @@ IMAGE = {"size": 20, "channels": 3}  # RandomResizedCrop + flip in training
 
 
 @pytest.fixture(scope="module")
-def av_digits(tmp_path_factory, request) -> Path:
-    data = Path(request.config.rootpath).parent / "shared" / "data"
-    if not data.is_dir():
-        pytest.skip(f"real test data not present at {data}")
-    out = tmp_path_factory.mktemp("av-digits")
-    prepare_av_digits(AVDigitsOptions(root=data, out=out, takes=2, split="speaker", workers=1))
-    return out
+def av_digits(tmp_path_factory) -> Path:
+    return prepared_av_digits(tmp_path_factory.mktemp("av-digits"), takes=2)
 
 
 def v2a(manifest: Path, **params):

@@ -13,20 +13,15 @@ from cmkd_cli.data.image_transforms import ImageTransform, ImageTransformConfig,
 from cmkd_cli.data.multimodal import manifest_dataset
 from cmkd_cli.errors import UsageError
 from cmkd_cli.schema import DataConfig
-from data_prep.av_digits import AVDigitsOptions, prepare_av_digits
+from tests.fixtures_layouts import prepared_av_digits
 
 AUDIO = {"sample_rate": 8000, "window": 256, "overlap": 96, "length": 50}
 IMAGE = {"size": 28, "channels": 1, "train_crop": "random_pad", "padding": 2, "hflip": 0.0}
 
 
 @pytest.fixture(scope="module")
-def av_digits(tmp_path_factory, request) -> Path:
-    data = Path(request.config.rootpath).parent / "shared" / "data"
-    if not data.is_dir():
-        pytest.skip(f"real test data not present at {data}")
-    out = tmp_path_factory.mktemp("av-digits")
-    prepare_av_digits(AVDigitsOptions(root=data, out=out, takes=1, split="speaker", workers=1))
-    return out
+def av_digits(tmp_path_factory) -> Path:
+    return prepared_av_digits(tmp_path_factory.mktemp("av-digits"), takes=1)
 
 
 def bundle(manifest: Path, **params):
