@@ -11,8 +11,10 @@ ResNet-18 teacher on 3 x 64 x 64, batch 64, SGD 1e-2 momentum 0.9, teacher fully
 - `cmkd`: `engine.loop.train_epoch` on the recipe as a user runs it (decoded-input cache
   on), with its DataLoader and with preloaded batches; `cmkd (no input cache)` decodes
   every item as before the cache;
-- `cmkd fast`: the recipe's `fast` variant (`teacher.tune: partial`, `train.channels_last`),
-  and with `--compile` also `train.compile`;
+- `cmkd bf16`: the recipe with `train.amp: bf16` alone (the networks' bodies in bfloat16 on
+  a CPU with AVX512-BF16/AMX, heads and losses in fp32: cmkd_cli/engine/precision.py);
+- `cmkd fast`: the recipe's `fast` variant (`teacher.tune: partial`, `train.channels_last`,
+  `train.amp: bf16`), and with `--compile` also `train.compile`;
 - teacher pretraining: `pre_train_models`' step (both networks forward, the teacher's CE
   backward) against `cmkd train-teacher`'s (the teacher alone, its own view only).
 
@@ -52,7 +54,16 @@ from cmkd_cli.stages.experiment import build_experiment
 from cmkd_cli.stages.train_teacher import teacher_recipe
 
 RECIPE = "c2kd-av-digits-v2a"
-FAST = ["teacher.tune=partial", "train.channels_last=true"]
+
+
+def fast_sets() -> list[str]:
+    """The recipe's `fast` comparison variant as `--set` overrides (one source of truth)."""
+    recipe = load_recipe(RECIPE, [], {"data_root": "."})
+    (fast,) = [v for v in recipe.compare.variants if v.name == "fast"]
+    return [f"{k}={json.dumps(v)}" for k, v in fast.set.items()]
+
+
+FAST = fast_sets()
 
 
 class EngineArm:
@@ -335,6 +346,7 @@ def main() -> None:
                 "released (data)": released.run,
                 "cmkd (data)": cmkd.run,
                 "cmkd (no input cache, data)": engine(["train.input_cache=false"]).run,
+                "cmkd bf16 (data)": engine(["train.amp=bf16"]).run,
                 "cmkd fast (data)": engine(FAST).run,
                 "released (preloaded)": released_pre.run,
                 "cmkd (preloaded)": cmkd_pre.run,
@@ -354,6 +366,7 @@ def main() -> None:
         ("cmkd (data)", "released (data)"),
         ("cmkd (no input cache, data)", "released (data)"),
         ("cmkd (preloaded)", "released (preloaded)"),
+        ("cmkd bf16 (data)", "released (data)"),
         ("cmkd fast (data)", "released (data)"),
         ("cmkd fast + compile (data)", "released (data)"),
         ("cmkd teacher pretraining (data)", "released teacher pretraining (data)"),

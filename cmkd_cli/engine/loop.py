@@ -46,6 +46,7 @@ from cmkd_cli.engine.identity import recipe_hash
 from cmkd_cli.engine.loaders import loader_options
 from cmkd_cli.engine.logging import MetricsLogger
 from cmkd_cli.engine.optim import build_optimizer, build_scheduler
+from cmkd_cli.engine.precision import ReducedPrecision, cpu_support_warning
 from cmkd_cli.engine.speed import apply_speed_switches, channels_last_inputs
 from cmkd_cli.engine.teacher_cache import build_cache, cache_key
 from cmkd_cli.errors import RunError, UsageError
@@ -224,11 +225,20 @@ def attach_teacher_cache(method: Method, data: Any, recipe: Recipe, dist: DistIn
         )
 
 
-def _autocast(recipe: Recipe, device: torch.device):
-    if recipe.train.amp == "none" or device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if recipe.train.amp == "bf16" else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+def reduced_precision(
+    method: Method, amp: str, device: torch.device, warn: bool = True
+) -> ReducedPrecision:
+    """`train.amp`'s policy with the student's and the run teacher's bodies wrapped
+    (cmkd_cli.engine.precision); warns once when this CPU would emulate the format."""
+    policy = ReducedPrecision(amp, device)
+    message = cpu_support_warning(amp, device)
+    if message and warn:
+        console.warn(message)
+    policy.wrap(method.student)
+    teacher = getattr(method, "teacher", None)
+    if teacher is not None and getattr(method, "teacher_cache", None) is None:
+        policy.wrap(teacher)
+    return policy
 
 
 def _improved(value: float, best: float | None, mode: str) -> bool:
@@ -296,6 +306,7 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
+    precision: ReducedPrecision
     logger: MetricsLogger
     extra_state: dict[str, Any]
     best_weights_only: bool = False  # best.pt without optimiser/schedule/RNG (teachers)
@@ -373,6 +384,7 @@ def build(
     loaders = make_loaders(data, recipe, dist)
     attach_teacher_cache(method, data, recipe, dist)
     apply_speed_switches(method, recipe.train)
+    precision = reduced_precision(method, recipe.train.amp, device, dist.is_main)
     steps_per_epoch = len(loaders["train"])
     if recipe.train.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, recipe.train.max_steps_per_epoch)
@@ -381,8 +393,7 @@ def build(
     scheduler = build_scheduler(
         optimizer, recipe.schedule, opt_steps_per_epoch, recipe.train.epochs
     )
-    use_scaler = recipe.train.amp == "fp16" and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    scaler = torch.amp.GradScaler(device.type, enabled=recipe.train.amp == "fp16")
     model: torch.nn.Module = method
     if dist.enabled:
         model = DistributedDataParallel(
@@ -405,6 +416,7 @@ def build(
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=scaler,
+        precision=precision,
         logger=logger,
         extra_state=extra_state or {},
     )
@@ -543,7 +555,7 @@ def _forward_backward(
     model, dist = trainer.model, trainer.dist
     no_sync = contextlib.nullcontext() if sync or not dist.enabled else model.no_sync()
     with no_sync:
-        with _autocast(trainer.recipe, dist.device):
+        with trainer.precision.step():
             out = model(batch)
         total = sum(out.losses.values())
         bad = [k for k, v in out.losses.items() if not torch.isfinite(v).all()]

@@ -34,7 +34,12 @@ class FeatureTaps:
         return hook
 
     def __getitem__(self, path: str) -> torch.Tensor:
-        return self.outputs[path]
+        """The output, in fp32 when the module ran under reduced-precision autocast
+        (cmkd_cli.engine.precision: a method's heads and losses compute in fp32)."""
+        out = self.outputs[path]
+        if torch.is_tensor(out) and out.dtype in (torch.bfloat16, torch.float16):
+            return out.float()
+        return out
 
     def remove(self) -> None:
         for h in self._handles:
