@@ -24,7 +24,8 @@ reaching each network's layers), proxies, KRC, the rest of the losses, optimiser
 logging with the other bookkeeping (the remainder of the step).
 
 Run: `python benchmarks/c2kd_step.py --data DATA_ROOT [--steps 10] [--rounds 2]
-[--threads 2] [--workers N] [--compile] [--json out.json]` where DATA_ROOT holds
+[--threads 2] [--workers N] [--compile] [--only PATTERN...] [--no-breakdown]
+[--json out.json]` where DATA_ROOT holds
 `av-digits/` (`cmkd prepare av-digits --root ../shared/data --out DATA_ROOT/av-digits`).
 """
 
@@ -38,6 +39,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -319,6 +321,10 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="add a train.compile arm")
     parser.add_argument("--skip-pretrain", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument(
+        "--only", nargs="+", default=None, help="time only the arms matching these patterns"
+    )
+    parser.add_argument("--no-breakdown", action="store_true", help="skip the instrumented run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -337,28 +343,42 @@ def main() -> None:
         try:
             cmkd = engine([])
             classes = cmkd.exp.data.num_classes
-            released = ReleasedArm(ReleasedDistill(classes, device), cmkd.exp.data, args, tmp)
-            cmkd_pre = engine([])
-            cmkd_pre.preload()
-            released_pre = ReleasedArm(ReleasedDistill(classes, device), cmkd.exp.data, args, tmp)
-            released_pre.preload(args.steps)
-            arms: dict[str, Callable[[int], float]] = {
-                "released (data)": released.run,
-                "cmkd (data)": cmkd.run,
-                "cmkd (no input cache, data)": engine(["train.input_cache=false"]).run,
-                "cmkd bf16 (data)": engine(["train.amp=bf16"]).run,
-                "cmkd fast (data)": engine(FAST).run,
-                "released (preloaded)": released_pre.run,
-                "cmkd (preloaded)": cmkd_pre.run,
+
+            def released(preloaded: bool = False, pretrain: bool = False) -> Callable:
+                net = ReleasedPretrain if pretrain else ReleasedDistill
+                arm = ReleasedArm(net(classes, device), cmkd.exp.data, args, tmp)
+                if preloaded:
+                    arm.preload(args.steps)
+                return arm.run
+
+            def preloaded_cmkd() -> Callable:
+                arm = engine([])
+                arm.preload()
+                return arm.run
+
+            factories: dict[str, Callable[[], Callable[[int], float]]] = {
+                "released (data)": released,
+                "cmkd (data)": lambda: cmkd.run,
+                "cmkd (no input cache, data)": lambda: engine(["train.input_cache=false"]).run,
+                "cmkd bf16 (data)": lambda: engine(["train.amp=bf16"]).run,
+                "cmkd fast (data)": lambda: engine(FAST).run,
+                "released (preloaded)": lambda: released(preloaded=True),
+                "cmkd (preloaded)": preloaded_cmkd,
             }
             if args.compile:
-                arms["cmkd fast + compile (data)"] = engine(FAST + ["train.compile=true"]).run
+                compiled = FAST + ["train.compile=true"]
+                factories["cmkd fast + compile (data)"] = lambda: engine(compiled).run
             if not args.skip_pretrain:
-                pre = ReleasedArm(ReleasedPretrain(classes, device), cmkd.exp.data, args, tmp)
-                arms["released teacher pretraining (data)"] = pre.run
-                arms["cmkd teacher pretraining (data)"] = engine([], teacher=True).run
+                factories["released teacher pretraining (data)"] = lambda: released(pretrain=True)
+                factories["cmkd teacher pretraining (data)"] = lambda: engine([], True).run
+            chosen = [
+                n for n in factories if not args.only or any(fnmatch(n, p) for p in args.only)
+            ]
+            if not chosen:
+                raise SystemExit(f"--only matches no arm of: {', '.join(factories)}")
+            arms = {name: factories[name]() for name in chosen}
             times = interleave(arms, args.steps, args.rounds)
-            parts = breakdown(engine([]), args.steps)
+            parts = None if args.no_breakdown else breakdown(engine([]), args.steps)
         finally:
             for arm in engines:
                 arm.close()
@@ -381,10 +401,11 @@ def main() -> None:
     for r in ratios:
         label = f"{r['arm']} / {r['against']}"
         print(f"{label:72s} {r['median']:7.2f}  " + " ".join(f"{x:.2f}" for x in r["ratios"]))
-    print(f"\nwhere cmkd's step goes ({parts['step']:.3f} s/step, one instrumented run):")
-    for k, v in parts.items():
-        if k != "step":
-            print(f"  {k:36s} {v:7.3f} s  {100 * v / parts['step']:5.1f}%")
+    if parts:
+        print(f"\nwhere cmkd's step goes ({parts['step']:.3f} s/step, one instrumented run):")
+        for k, v in parts.items():
+            if k != "step":
+                print(f"  {k:36s} {v:7.3f} s  {100 * v / parts['step']:5.1f}%")
     print(
         f"\n(threads {args.threads}, workers "
         f"{default_workers() if args.workers is None else args.workers}, {args.steps} steps x "

@@ -97,6 +97,8 @@ def _timed(name: str, fn: Callable[[], str]) -> Check:
 def _torch() -> str:
     import torch
 
+    from cmkd_cli.engine.precision import cpu_native_formats
+
     x = torch.arange(6.0).reshape(2, 3)
     if float((x @ x.T).sum()) != 83.0:
         raise RuntimeError("a 2x3 matrix product gave a wrong value")
@@ -109,6 +111,8 @@ def _torch() -> str:
         parts.append(f"cuDNN {torch.backends.cudnn.version()}")
     else:
         parts.append(f"CPU only (built with CUDA {torch.version.cuda or 'none'})")
+    native = cpu_native_formats()
+    parts.append(f"CPU train.amp: {'/'.join(native) + ' native' if native else 'fp32 only'}")
     return ", ".join(parts)
 
 

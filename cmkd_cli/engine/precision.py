@@ -87,20 +87,28 @@ def to_fp32(value: Any) -> Any:
     return value
 
 
+#: torch's probes for the instructions that make each format fast on a CPU
+CPU_PROBES = {
+    "bf16": ("AVX512-BF16 or AMX", ("_is_avx512_bf16_supported", "_is_amx_tile_supported")),
+    "fp16": ("AMX-FP16", ("_is_amx_fp16_supported",)),
+}
+
+
+def cpu_native_formats() -> list[str]:
+    """The reduced formats this CPU computes natively (`cmkd doctor` lists them)."""
+    cpu = torch.cpu
+    return [
+        amp
+        for amp, (_, probes) in CPU_PROBES.items()
+        if any(getattr(cpu, p, lambda: False)() for p in probes)
+    ]
+
+
 def cpu_support_warning(amp: str, device: torch.device) -> str | None:
     """Why `amp` will be slow on this CPU (no native bf16/fp16 instructions), or None."""
-    if device.type != "cpu" or amp not in LOWER:
-        return None
-    cpu = torch.cpu
-    if amp == "bf16":
-        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        needs = "AVX512-BF16 or AMX"
-    else:
-        probes = ("_is_amx_fp16_supported",)
-        needs = "AMX-FP16"
-    if any(getattr(cpu, p, lambda: False)() for p in probes):
+    if device.type != "cpu" or amp not in LOWER or amp in cpu_native_formats():
         return None
     return (
-        f"train.amp={amp}: this CPU has no {needs} instructions, so {amp} runs emulated and is "
-        "likely slower than fp32; set train.amp=none"
+        f"train.amp={amp}: this CPU has no {CPU_PROBES[amp][0]} instructions, so {amp} runs "
+        "emulated and is likely slower than fp32; set train.amp=none"
     )

@@ -13,7 +13,12 @@ import torch
 from cmkd_cli.config import load_recipe
 from cmkd_cli.engine.distributed import init_distributed
 from cmkd_cli.engine.loop import fit, reduced_precision
-from cmkd_cli.engine.precision import ReducedPrecision, cpu_support_warning, to_fp32
+from cmkd_cli.engine.precision import (
+    ReducedPrecision,
+    cpu_native_formats,
+    cpu_support_warning,
+    to_fp32,
+)
 from cmkd_cli.engine.speed import apply_speed_switches
 from cmkd_cli.models.base import ModelOutput
 from cmkd_cli.schema import TrainConfig
@@ -111,12 +116,20 @@ def test_to_fp32_reaches_into_named_tuples_and_containers():
 def test_cpu_without_bf16_instructions_is_warned(monkeypatch):
     for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         monkeypatch.setattr(torch.cpu, probe, lambda: False)
+    assert "bf16" not in cpu_native_formats()
     msg = cpu_support_warning("bf16", CPU)
     assert "AVX512-BF16 or AMX" in msg and "train.amp=none" in msg
     assert cpu_support_warning("none", CPU) is None
     assert cpu_support_warning("bf16", torch.device("cuda")) is None
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-    assert cpu_support_warning("bf16", CPU) is None
+    assert cpu_support_warning("bf16", CPU) is None and "bf16" in cpu_native_formats()
+
+
+def test_doctor_says_which_formats_this_cpu_computes_natively(cli):
+    res = cli("--json", "doctor")
+    detail = next(c["detail"] for c in res.json()["checks"] if c["name"] == "torch")
+    native = cpu_native_formats()
+    assert f"CPU train.amp: {'/'.join(native) + ' native' if native else 'fp32 only'}" in detail
 
 
 def test_fit_with_bf16_trains_reduced_and_validates_and_saves_fp32(tmp_path: Path) -> None:
