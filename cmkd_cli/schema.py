@@ -114,7 +114,11 @@ class TrainConfig(StrictModel):
     max_steps_per_epoch: int | None = Field(None, ge=1)
     seed: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    amp: Literal["none", "bf16", "fp16"] = Field(
+        "none",
+        description="training steps run the networks' bodies in this format (GPU or CPU), heads "
+        "and losses in fp32 (cmkd_cli/engine/precision.py)",
+    )
     grad_clip: float | None = Field(None, gt=0)
     grad_accum: int = Field(1, ge=1)
     deterministic: bool = True
