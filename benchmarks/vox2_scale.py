@@ -124,11 +124,57 @@ def write_store(out: Path, ids: list[str], frames: int, fraction: float, shard: 
     return total
 
 
+def peak_rss() -> int:
+    """This process's peak resident memory (VmHWM) in bytes since `reset_peak`."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak() -> None:
+    """Reset VmHWM to the current resident size (Linux: clear_refs 5)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def timed(fn, *args):
+    """(value, seconds, resident growth, peak growth over the start) of `fn(*args)`."""
     gc.collect()
+    reset_peak()
     m0, t0 = rss(), time.perf_counter()
     value = fn(*args)
-    return value, time.perf_counter() - t0, rss() - m0
+    seconds = time.perf_counter() - t0
+    gc.collect()
+    return value, seconds, rss() - m0, peak_rss() - m0
+
+
+def private_dirty() -> int:
+    """Bytes of this process's pages that are its own and written (copied after a fork)."""
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith("Private_Dirty:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def worker_copy(train: SpeakerTrain) -> int:
+    """Bytes a forked DataLoader worker ends up owning after it touches every sample's id
+    and label and runs a garbage collection (copy-on-write of the pages it writes)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker
+        os.close(read)
+        base = private_dirty()
+        for i in range(len(train)):
+            train.sample_id(i)
+            train.labels[i]
+        gc.collect()
+        os.write(write, str(private_dirty() - base).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as fh:
+        copied = int(fh.read())
+    os.waitpid(pid, 0)
+    return copied
 
 
 def drop_page_cache(folder: Path) -> None:
@@ -201,18 +247,21 @@ def main() -> None:
         fig["store_gb"] /= 2**30
         fig["full_store_gb"] = fig["store_gb"] / args.store_fraction
         del ids
-        records, fig["manifest_load_s"], mem = timed(read_manifest, out / MANIFEST)
+        records, fig["manifest_load_s"], mem, _ = timed(read_manifest, out / MANIFEST)
         fig["manifest_load_mb"] = mem / 2**20
-        store, fig["index_load_s"], mem = timed(FbankStore, out)
+        del records
+        store, fig["index_load_s"], mem, _ = timed(FbankStore, out)
         fig["index_load_mb"] = mem / 2**20
 
         def train_split() -> SpeakerTrain:
+            records = read_manifest(out / MANIFEST)
             kept = [r for r in records if r.id in store and r.speaker]
             speakers = {s: i for i, s in enumerate(sorted({r.speaker for r in kept}))}
             return SpeakerTrain(kept, out / MANIFEST, store, speakers, CROP, with_faces=False)
 
-        train, fig["dataset_build_s"], mem = timed(train_split)
-        fig["dataset_build_mb"] = mem / 2**20
+        train, fig["dataset_build_s"], mem, peak = timed(train_split)
+        fig["dataset_build_mb"], fig["dataset_peak_mb"] = mem / 2**20, peak / 2**20
+        fig["worker_copy_mb"] = worker_copy(train) / 2**20
         sampler = ClassPairBatchSampler(train.labels, BATCH // 2, 2, seed=1)
         t0 = time.perf_counter()
         fig["steps_per_epoch"] = len(sampler)
@@ -244,8 +293,13 @@ def report(fig: dict[str, float], args: argparse.Namespace, load, end) -> None:
     )
     print(f"  fbank index (FbankStore): {fig['index_load_s']:.1f} s, {fig['index_load_mb']:.0f} MB")
     print(
-        f"  training split (filter by store, labels): {fig['dataset_build_s']:.1f} s, "
-        f"{fig['dataset_build_mb']:.0f} MB"
+        f"  training split from the manifest (read, filter by store, labels): "
+        f"{fig['dataset_build_s']:.1f} s, {fig['dataset_build_mb']:.0f} MB resident after, "
+        f"{fig['dataset_peak_mb']:.0f} MB at the peak"
+    )
+    print(
+        f"  forked worker touching every sample id and label, then gc: "
+        f"{fig['worker_copy_mb']:.0f} MB copied"
     )
     print(
         f"  sampler epoch (100 speakers x 2, cap 500): {fig['sampler_epoch_s']:.1f} s for "
