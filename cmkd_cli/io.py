@@ -6,7 +6,7 @@ import errno
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -87,18 +87,22 @@ def read_jsonl(path: str | os.PathLike[str], growing: bool = False) -> list[dict
     """Read a JSON-lines file; a malformed line is reported with its number. `growing`: the
     file may be appended to right now (a run's metrics.jsonl), so a last line without its
     newline that does not parse yet is left out."""
-    rows = []
+    return list(iter_jsonl(path, growing))
+
+
+def iter_jsonl(path: str | os.PathLike[str], growing: bool = False) -> Iterator[Any]:
+    """`read_jsonl` one row at a time (a large file is never held as rows)."""
     with open(path) as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as exc:
                 if growing and not line.endswith("\n"):
-                    break
+                    return
                 raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-    return rows
+            yield row
 
 
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
