@@ -35,6 +35,7 @@ Store layout (written by `cmkd extract-fbank`, read by `FbankStore`):
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import re
@@ -52,7 +53,13 @@ from torch import nn
 
 from cmkd_cli.data.audio import load_audio, stable_seed
 from cmkd_cli.errors import DataError, UsageError
-from cmkd_cli.io import atomic_write, atomic_write_json, atomic_write_jsonl, read_jsonl
+from cmkd_cli.io import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_jsonl,
+    iter_jsonl,
+    read_jsonl,
+)
 from cmkd_cli.schema import StrictModel
 
 CONFIG = "config.json"
@@ -418,8 +425,35 @@ def write_index(out: Path, ids: list[str], entries: dict[str, dict[str, Any]]) -
 # ---------------------------------------------------------------- reading
 
 
+def _index_columns(index: Path, names: dict[str, int]) -> list[np.ndarray]:
+    """index.jsonl as columns: utf-8 ids, shard numbers (positions in `names`, filled here),
+    offsets, frame counts. Converted 16 k rows at a time, so the Python objects of a large
+    index never exist at once (1.09 M rows: 67 MB resident after, 36 MB of it the arrays,
+    not 155 MB)."""
+    parts = []
+    rows = iter_jsonl(index)
+    while chunk := list(itertools.islice(rows, 1 << 14)):
+        parts.append(
+            (
+                np.array([r["id"].encode() for r in chunk], dtype=np.bytes_),
+                np.array([names.setdefault(r["shard"], len(names)) for r in chunk], np.int32),
+                np.array([r["offset"] for r in chunk], np.int64),
+                np.array([r["n_frames"] for r in chunk], np.int32),
+            )
+        )
+    if not parts:
+        return [np.zeros(0, t) for t in (np.bytes_, np.int32, np.int64, np.int32)]
+    return [np.concatenate(c) for c in zip(*parts, strict=True)]
+
+
 class FbankStore:
-    """Read-only access to a store: `store[id]` -> [T, n_mels] memory-mapped frames."""
+    """Read-only access to a store: `store[id]` -> [T, n_mels] memory-mapped frames.
+
+    The index is held as numpy columns (utf-8 ids sorted for binary search, shard numbers,
+    offsets, frame counts): the id's bytes + 16 B per utterance, no Python object each, so a
+    VoxCeleb2-size index (1.09 M utterances) takes tens of MB, and forked DataLoader workers
+    share its pages instead of copying them. An id listed twice reads its last entry.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.root = Path(path)
@@ -427,27 +461,54 @@ class FbankStore:
         if not index.is_file():
             raise DataError(f"{index} does not exist (run `cmkd extract-fbank` first)")
         self.config = FbankConfig.model_validate(json.loads((self.root / CONFIG).read_text()))
-        self._index = {r["id"]: (r["shard"], r["offset"], r["n_frames"]) for r in read_jsonl(index)}
+        names: dict[str, int] = {}
+        keys, shards, offsets, frames = _index_columns(index, names)
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        first = np.ones(len(keys), dtype=bool)  # the first row of each id
+        first[1:] = keys[1:] != keys[:-1]
+        last = np.ones_like(first)
+        last[:-1] = first[1:]
+        rows = order[last]
+        self._names = list(names)
+        self._keys = keys[first]
+        self._shard_of, self._offset, self._frames = shards[rows], offsets[rows], frames[rows]
         self._shards: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._keys)
 
     def __contains__(self, uid: object) -> bool:
-        return uid in self._index
+        return isinstance(uid, str) and self._position(uid) >= 0
+
+    def isin(self, ids: np.ndarray) -> np.ndarray:
+        """Which of `ids` (an array of utf-8 bytes) the store holds, as a boolean array."""
+        if not len(self._keys) or not len(ids):
+            return np.zeros(len(ids), dtype=bool)
+        at = np.minimum(np.searchsorted(self._keys, ids), len(self._keys) - 1)
+        return self._keys[at] == ids
 
     @property
     def ids(self) -> list[str]:
-        return list(self._index)
+        """The ids the store holds, sorted."""
+        return [k.decode() for k in self._keys]
 
     def n_frames(self, uid: str) -> int:
         return self._entry(uid)[2]
 
+    def _position(self, uid: str) -> int:
+        """The id's row of the sorted index, or -1."""
+        key = uid.encode()
+        if len(key) > self._keys.itemsize:  # longer than every id (and no cast of the index)
+            return -1
+        at = int(np.searchsorted(self._keys, key))
+        return at if at < len(self._keys) and self._keys[at] == key else -1
+
     def _entry(self, uid: str) -> tuple[str, int, int]:
-        try:
-            return self._index[uid]
-        except KeyError:
-            raise KeyError(f"{uid!r} is not in {self.root / INDEX}") from None
+        at = self._position(uid)
+        if at < 0:
+            raise KeyError(f"{uid!r} is not in {self.root / INDEX}")
+        return self._names[self._shard_of[at]], int(self._offset[at]), int(self._frames[at])
 
     def _shard(self, name: str) -> np.ndarray:
         if name not in self._shards:

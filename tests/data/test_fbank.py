@@ -12,6 +12,7 @@ import torchaudio.compliance.kaldi as kaldi
 
 from cmkd_cli.data.audio import load_audio
 from cmkd_cli.data.fbank import (
+    CONFIG,
     INDEX,
     FbankConfig,
     FbankStore,
@@ -20,10 +21,12 @@ from cmkd_cli.data.fbank import (
     finished_entries,
     n_frames,
     plan_shards,
+    shard_name,
     write_index,
     write_shard,
 )
 from cmkd_cli.errors import DataError, UsageError
+from cmkd_cli.io import atomic_write_json, atomic_write_jsonl
 from tests.fixtures_layouts import shared_data
 
 
@@ -107,6 +110,32 @@ def test_store_round_trip_crop_and_wrap_padding(tmp_path: Path) -> None:
     np.testing.assert_array_equal(again["utt2"], store["utt2"])
     with pytest.raises(KeyError, match="nope"):
         store["nope"]
+
+
+def test_store_index_lookups_are_those_of_an_id_dict(tmp_path: Path) -> None:
+    """The columnar index answers as `{id: (shard, offset, n_frames)}` of index.jsonl did:
+    a repeated id reads its last entry; ids are unicode; unknown ids are KeyErrors."""
+    rows = [("zoë/1", 0, 0, 4), ("a/1", 0, 4, 3), ("b/22", 1, 0, 5), ("a/1", 1, 5, 2)]
+    atomic_write_json(tmp_path / CONFIG, FbankConfig().model_dump())
+    for number in (0, 1):
+        np.save(tmp_path / shard_name(number), np.arange(7 * 40).reshape(7, 40) + 1000 * number)
+    atomic_write_jsonl(
+        tmp_path / INDEX,
+        [{"id": u, "shard": shard_name(s), "offset": o, "n_frames": n} for u, s, o, n in rows],
+    )
+    store = FbankStore(tmp_path)
+    assert len(store) == 3 and store.ids == ["a/1", "b/22", "zoë/1"]
+    assert store.n_frames("a/1") == 2 and store["a/1"][0, 0] == 1000 + 5 * 40  # the last entry
+    assert store.n_frames("zoë/1") == 4 and store["zoë/1"][3, 0] == 3 * 40
+    assert store.n_frames("b/22") == 5 and store["b/22"][0, 0] == 1000
+    assert "b/22" in store and "b/2" not in store and "b/222222" not in store and 3 not in store
+    asked = np.array([b"a/1", b"b/2", "zo\u00eb/1".encode(), b"zz", b"b/22-longer"])
+    assert store.isin(asked).tolist() == [True, False, True, False, False]
+    with pytest.raises(KeyError, match="'b/2' is not in .*index.jsonl"):
+        store["b/2"]
+    (tmp_path / INDEX).write_text("")
+    empty = FbankStore(tmp_path)
+    assert len(empty) == 0 and "a" not in empty and not empty.isin(asked).any()
 
 
 def test_a_changed_config_is_refused_unless_overwrite(tmp_path: Path) -> None:
