@@ -14,7 +14,9 @@ Not a test. Builds in `--out` (default: a temporary folder, removed at the end):
 
 Then it measures, in this process: manifest load time and memory (`read_manifest`), the
 store index load (`FbankStore`), the speaker dataset's training split as `data.speaker`
-builds it (filtering by store, labels), the sampler's epoch build
+builds it from the manifest (`training_utterances`: reading, filtering by split, faces and
+store, labels; time, resident size after and peak), what a forked DataLoader worker copies
+of it after touching every sample id and label and collecting garbage, the sampler's epoch build
 (`ClassPairBatchSampler`, 100 speakers x 2, cap 500), the random 2 s crop throughput of one
 core through `SpeakerTrain.__getitem__` (warm: the shards in the page cache; cold: their pages
 dropped with posix_fadvise first), the evaluation embedding cache (`SpeakerTask.embed`'s
@@ -45,7 +47,7 @@ import torch
 from cmkd_cli.data.fbank import CONFIG, FbankConfig, FbankStore, shard_name, write_index
 from cmkd_cli.data.manifest import MANIFEST, read_manifest
 from cmkd_cli.data.samplers import ClassPairBatchSampler
-from cmkd_cli.data.speaker import SpeakerTrain
+from cmkd_cli.data.speaker import SpeakerTrain, training_utterances
 from cmkd_cli.io import atomic_write_json, atomic_write_jsonl
 from cmkd_cli.models.registry import create_model
 from cmkd_cli.progress import track
@@ -156,15 +158,16 @@ def private_dirty() -> int:
     return 0
 
 
-def worker_copy(train: SpeakerTrain) -> int:
+def worker_copy(train: SpeakerTrain | None) -> int:
     """Bytes a forked DataLoader worker ends up owning after it touches every sample's id
-    and label and runs a garbage collection (copy-on-write of the pages it writes)."""
+    and label and runs a garbage collection (copy-on-write of the pages it writes); with no
+    `train`, the garbage collection alone (the floor every worker pays)."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the worker
         os.close(read)
         base = private_dirty()
-        for i in range(len(train)):
+        for i in range(len(train) if train else 0):
             train.sample_id(i)
             train.labels[i]
         gc.collect()
@@ -240,6 +243,7 @@ def main() -> None:
         )
     fig: dict[str, float] = {}
     try:
+        fig["worker_floor_mb"] = worker_copy(None) / 2**20
         counts = utterance_counts(args.records, args.speakers, 0)
         ids = write_manifest(out, counts)
         fig["manifest_mb"] = (out / MANIFEST).stat().st_size / 2**20
@@ -253,11 +257,9 @@ def main() -> None:
         store, fig["index_load_s"], mem, _ = timed(FbankStore, out)
         fig["index_load_mb"] = mem / 2**20
 
-        def train_split() -> SpeakerTrain:
-            records = read_manifest(out / MANIFEST)
-            kept = [r for r in records if r.id in store and r.speaker]
-            speakers = {s: i for i, s in enumerate(sorted({r.speaker for r in kept}))}
-            return SpeakerTrain(kept, out / MANIFEST, store, speakers, CROP, with_faces=False)
+        def train_split() -> SpeakerTrain:  # as data.speaker builds it (faces held, not read)
+            utterances, _ = training_utterances(str(out / MANIFEST), store, "dev", faces=True)
+            return SpeakerTrain(utterances, out / MANIFEST, store, CROP, with_faces=False)
 
         train, fig["dataset_build_s"], mem, peak = timed(train_split)
         fig["dataset_build_mb"], fig["dataset_peak_mb"] = mem / 2**20, peak / 2**20
@@ -299,7 +301,8 @@ def report(fig: dict[str, float], args: argparse.Namespace, load, end) -> None:
     )
     print(
         f"  forked worker touching every sample id and label, then gc: "
-        f"{fig['worker_copy_mb']:.0f} MB copied"
+        f"{fig['worker_copy_mb']:.0f} MB copied ({fig['worker_floor_mb']:.0f} MB before "
+        "anything was loaded)"
     )
     print(
         f"  sampler epoch (100 speakers x 2, cap 500): {fig['sampler_epoch_s']:.1f} s for "

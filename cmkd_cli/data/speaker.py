@@ -12,6 +12,7 @@ Kaldi front-end, 202 / 402 with voxceleb_trainer's (its `max_frames * 160 + 240`
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from cmkd_cli.data.datasets import DataBundle, KeyedDataset, keyed_rng, register_dataset
 from cmkd_cli.data.fbank import FRONTENDS, FbankConfig, FbankStore
 from cmkd_cli.data.fbank import crop_frames as frames_of_crop
-from cmkd_cli.data.manifest import Record, read_manifest, resolve
+from cmkd_cli.data.manifest import read_manifest, read_manifest_columns, resolve
 from cmkd_cli.data.preprocess import FbankInput, evenly_spaced_crops
 from cmkd_cli.data.samplers import MAX_PER_CLASS, ClassPairBatchSampler
 from cmkd_cli.errors import DataError, UsageError
@@ -44,38 +45,54 @@ def load_face(path: Path) -> torch.Tensor:
     return torch.from_numpy((arr - 127.5) / 127.5).permute(2, 0, 1).contiguous()
 
 
+@dataclass(frozen=True)
+class Utterances:
+    """Training utterances as numpy columns: utf-8 ids, int32 speaker labels (positions in
+    the sorted `speakers`), the first aligned face of each (empty without faces). No Python
+    object per utterance: VoxCeleb2 dev (1.09 M) takes tens of MB, and forked DataLoader
+    workers share the pages instead of copying them as they touch per-record objects."""
+
+    ids: np.ndarray
+    labels: np.ndarray
+    speakers: list[str]
+    faces: np.ndarray
+
+
 class SpeakerTrain(KeyedDataset):
     """Random fixed-length fbank crops, the speaker index, and the utterance's face."""
 
     def __init__(
         self,
-        records: list[Record],
+        utterances: Utterances,
         manifest: Path,
         store: FbankStore,
-        speakers: dict[str, int],
         crop_frames: int,
         with_faces: bool,
         max_seg_per_spk: int | None = MAX_PER_CLASS,
         duplicate_speaker: str = "drop",
     ) -> None:
         super().__init__()
-        self.records, self.manifest, self.store = records, manifest, store
-        self.labels = [speakers[r.speaker] for r in records]
+        self.utterances, self.manifest, self.store = utterances, manifest, store
+        self.labels = utterances.labels
         self.crop_frames, self.with_faces = crop_frames, with_faces
         self.max_seg_per_spk, self.duplicate_speaker = max_seg_per_spk, duplicate_speaker
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.labels)
 
     def sample_id(self, index: int) -> str:
-        return self.records[index].id
+        return self.utterances.ids[index].decode()
+
+    def face(self, index: int) -> Path:
+        """The utterance's first aligned face."""
+        return resolve(self.manifest, self.utterances.faces[index].decode())
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        rec = self.records[index]
-        x = torch.from_numpy(self.store.crop(rec.id, self.crop_frames, self.rng(index)))
-        item = {"index": index, "x": x, "y": self.labels[index]}
+        uid = self.sample_id(index)
+        x = torch.from_numpy(self.store.crop(uid, self.crop_frames, self.rng(index)))
+        item = {"index": index, "x": x, "y": int(self.labels[index])}
         if self.with_faces and "t" in self.inputs:
-            item["t"] = load_face(resolve(self.manifest, rec.faces[0]))  # type: ignore[attr-defined]
+            item["t"] = load_face(self.face(index))
         return item
 
     def batch_sampler(
@@ -134,26 +151,26 @@ class FaceEval(KeyedDataset):
     """Aligned faces of held-out speakers with generated trials: the teacher's own
     verification EER (`train-teacher`); items carry `t` as `[1, 3, 112, 112]` (one crop)."""
 
-    def __init__(self, records: list[Record], manifest: Path, trials: Trials) -> None:
+    def __init__(self, faces: dict[str, str], manifest: Path, trials: Trials) -> None:
         super().__init__()
-        by_id = {r.id: r for r in records}
-        self.records = [by_id[u] for u in trials.utterances]
+        self.faces = [faces[u] for u in trials.utterances]
         self.manifest, self.trials = manifest, trials
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.faces)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        face = load_face(resolve(self.manifest, self.records[index].faces[0]))  # type: ignore[attr-defined]
+        face = load_face(resolve(self.manifest, self.faces[index]))
         return {"index": index, "t": face[None], "y": -1}
 
 
-def generated_trials(records: list[Record], seed: int, max_trials: int) -> Trials:
+def generated_trials(speaker_of: dict[str, str | None], seed: int, max_trials: int) -> Trials:
     """Every same-speaker pair as a target trial and as many seeded different-speaker pairs
-    (capped at `max_trials` in all): for held-out data that ships no trial list."""
-    names = sorted(r.id for r in records)
+    (capped at `max_trials` in all) of the utterances of `speaker_of` (id -> speaker): for
+    held-out data that ships no trial list."""
+    names = sorted(speaker_of)
     row = {n: i for i, n in enumerate(names)}
-    spk = {r.id: r.speaker for r in records}
+    spk = speaker_of  # id -> speaker
     target = [(a, b) for a, b in itertools.combinations(names, 2) if spk[a] == spk[b]]
     rng = keyed_rng("trials", seed)
     rng.shuffle(target)
@@ -211,24 +228,82 @@ def _eval_split(
                 f"({len(missing)} missing)"
             )
     else:
-        records = [r for r in read_manifest(manifest) if r.id in store and split in (None, r.split)]
-        t = generated_trials(records, seed, max_trials)
+        cols = read_manifest_columns(
+            manifest,
+            ("id", "split", "speaker"),
+            where=lambda r: split in (None, r.split) and r.id in store,
+        )
+        t = generated_trials(dict(zip(cols["id"], cols["speaker"], strict=True)), seed, max_trials)
         ids = t.utterances
     return SpeakerEval(t, ids, store, frames_of_crop(seconds, store.config), crops, manifest)
 
 
-def _keep_fraction(records: list[Record], fraction: float, seed: int) -> list[Record]:
-    """A seeded `fraction` of each speaker's utterances (at least two per speaker)."""
+def _keep_fraction(speakers: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Positions of a seeded `fraction` of each speaker's utterances (at least two per
+    speaker), speaker by speaker in sorted order, each speaker's in their order."""
     rng = keyed_rng("fraction", seed)
-    by_spk: dict[str, list[Record]] = {}
-    for r in records:
-        by_spk.setdefault(r.speaker, []).append(r)
-    kept: list[Record] = []
-    for spk in sorted(by_spk):
-        group = by_spk[spk]
+    _, codes, counts = np.unique(speakers, return_inverse=True, return_counts=True)
+    groups = np.split(np.argsort(codes, kind="stable"), np.cumsum(counts)[:-1])
+    kept = []
+    for group in groups:
         n = max(2, round(len(group) * fraction))
-        kept += [group[i] for i in sorted(rng.permutation(len(group))[:n])]
-    return kept
+        kept.append(group[np.sort(rng.permutation(len(group))[:n])])
+    return np.concatenate(kept)
+
+
+def _encoded(strings: list[str]) -> np.ndarray:
+    """Strings as one fixed-width numpy array of their utf-8 bytes."""
+    return np.array([s.encode() for s in strings], dtype=np.bytes_)
+
+
+def _utterances(
+    ids: np.ndarray, speakers: np.ndarray, faces: np.ndarray, rows: np.ndarray
+) -> Utterances:
+    """The utterances at `rows`, labelled by the sorted speakers among them."""
+    names, labels = np.unique(speakers[rows], return_inverse=True)
+    spk = [n.decode() for n in names]
+    return Utterances(ids[rows], labels.astype(np.int32), spk, faces[rows])
+
+
+def training_utterances(
+    manifest: str,
+    store: FbankStore,
+    split: str | None,
+    faces: bool,
+    fraction: float = 1.0,
+    seed: int = 0,
+    face_eval_split: str = "test",
+) -> tuple[Utterances, dict[str, tuple[str, str]]]:
+    """The manifest's utterances of `split` (None: all) with a speaker, features in `store`
+    and (when `faces`) aligned faces, in manifest order or, when `fraction` < 1, that share
+    per speaker (`_keep_fraction`); and with `faces`, the held-out records of
+    `face_eval_split` (id -> (speaker, first face)). One read of the manifest's few fields
+    (`read_manifest_columns`), no per-record object kept."""
+
+    def wanted(r: Any) -> bool:  # a training or (with faces) a held-out face record
+        held_out = faces and r.split == face_eval_split
+        return bool(r.speaker and (not faces or r.faces) and (split in (None, r.split) or held_out))
+
+    fields = ("id", "split", "speaker", "faces") if faces else ("id", "split", "speaker")
+    cols = read_manifest_columns(manifest, fields, where=wanted)
+    ids, speakers = _encoded(cols["id"]), _encoded(cols["speaker"])
+    firsts = [str(f[0]) for f in cols["faces"]] if faces else [""] * len(ids)
+    in_split = np.array([split in (None, x) for x in cols["split"]], dtype=bool)
+    rows = np.flatnonzero(store.isin(ids) & in_split)
+    if not len(rows):
+        need = " with `faces` (the manifest `cmkd align-faces` writes)" if faces else ""
+        raise UsageError(
+            f"data.params.train_manifest: no record of split {split!r}{need} with "
+            f"features in {store.root}"
+        )
+    if fraction < 1:
+        rows = rows[_keep_fraction(speakers[rows], fraction, seed)]
+    held_out = {
+        cols["id"][i]: (cols["speaker"][i], firsts[i])
+        for i, x in enumerate(cols["split"])
+        if faces and x == face_eval_split
+    }
+    return _utterances(ids, speakers, _encoded(firsts), rows), held_out
 
 
 @register_dataset("speaker")
@@ -280,25 +355,15 @@ def speaker(
         asked = store.config.model_copy(update={"frontend": frontend})
         store = open_store(train_fbank, asked, "data.params.train_fbank")
     features = store.config
-    records = [r for r in read_manifest(train_manifest) if train_split in (None, r.split)]
-    if faces:
-        records = [r for r in records if getattr(r, "faces", None)]
-    records = [r for r in records if r.id in store and r.speaker]
-    if not records:
-        need = " with `faces` (the manifest `cmkd align-faces` writes)" if faces else ""
-        raise UsageError(
-            f"data.params.train_manifest: no record of split {train_split!r}{need} with "
-            f"features in {train_fbank}"
-        )
-    if fraction < 1:
-        records = _keep_fraction(records, fraction, seed)
-    speakers = {s: i for i, s in enumerate(sorted({r.speaker for r in records}))}
+
+    utterances, held_out = training_utterances(
+        train_manifest, store, train_split, faces, fraction, seed, face_eval_split
+    )
     evaluation = FbankInput(fbank=features, crops=eval_crops, crop_seconds=eval_seconds)
     train = SpeakerTrain(
-        records,
+        utterances,
         Path(train_manifest),
         store,
-        speakers,
         frames_of_crop(crop_seconds, features),
         faces,
         max_seg_per_spk,
@@ -320,27 +385,24 @@ def speaker(
             "data.params.test_trials",
         )
     teacher_val = None
-    if faces:
-        held_out = [
-            r
-            for r in read_manifest(train_manifest)
-            if r.split == face_eval_split and getattr(r, "faces", None) and r.speaker
-        ]
-        if len({r.speaker for r in held_out}) >= 2:
-            trials = generated_trials(held_out, seed, max_generated_trials)
-            teacher_val = FaceEval(held_out, Path(train_manifest), trials)
+    if len({spk for spk, _ in held_out.values()}) >= 2:
+        trials = generated_trials(
+            {u: spk for u, (spk, _) in held_out.items()}, seed, max_generated_trials
+        )
+        faces_of = {u: face for u, (_, face) in held_out.items()}
+        teacher_val = FaceEval(faces_of, Path(train_manifest), trials)
     return DataBundle(
         teacher_val=teacher_val,
         train=train,
         val=val,
         test=test,
-        num_classes=len(speakers),
-        class_names=sorted(speakers),
+        num_classes=len(utterances.speakers),
+        class_names=list(utterances.speakers),
         teacher_static=True,
         student_input=evaluation,
         info={
             "train": len(train),
-            "speakers": len(speakers),
+            "speakers": len(utterances.speakers),
             "val_trials": len(val.trials),
             "test_trials": len(test.trials),
         },
