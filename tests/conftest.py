@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,12 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# A suite started as a shell background job (`make test &`) inherits an ignored SIGINT,
+# which cmkd leaves ignored as Python does (cmkd_cli.interrupts); the Ctrl-C tests need it
+# delivered, as in a terminal or CI, so the suite (and the CLIs it starts) get it back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True, scope="session")
