@@ -234,10 +234,8 @@ def reduced_precision(
     message = cpu_support_warning(amp, device)
     if message and warn:
         console.warn(message)
-    policy.wrap(method.student)
-    teacher = getattr(method, "teacher", None)
-    if teacher is not None and getattr(method, "teacher_cache", None) is None:
-        policy.wrap(teacher)
+    for network in method.networks_run():
+        policy.wrap(network)
     return policy
 
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
+
+from cmkd_cli.methods.base import Method
 
 
 def channels_last_inputs(batch: Any) -> Any:
@@ -36,14 +37,12 @@ def channels_last_inputs(batch: Any) -> Any:
     return batch
 
 
-def apply_speed_switches(method: nn.Module, train: Any) -> None:
+def apply_speed_switches(method: Method, train: Any) -> None:
     """Put `method` in channels_last and/or compile its networks, as the recipe's `train`
     section asks (`channels_last`, `compile`, `compile_backend`, `compile_mode`)."""
     if train.channels_last:
         method.to(memory_format=torch.channels_last)
     if train.compile:
         options = {"backend": train.compile_backend, "mode": train.compile_mode}
-        method.student.compile(**options)
-        teacher = getattr(method, "teacher", None)
-        if teacher is not None and getattr(method, "teacher_cache", None) is None:
-            teacher.compile(**options)
+        for network in method.networks_run():
+            network.compile(**options)

@@ -127,13 +127,24 @@ class Method(nn.Module):
             self.teacher.eval()
         return self
 
+    @property
+    def teacher_cached(self) -> bool:
+        """`run_teacher` reads the teacher's outputs from the cache instead of running it."""
+        return self.teacher_cache is not None and self.teacher_frozen
+
+    def networks_run(self) -> list[nn.Module]:
+        """The networks a training step runs: the student, and the teacher unless cached
+        (what the speed switches compile and reduced precision wraps)."""
+        run_teacher = self.teacher is not None and not self.teacher_cached
+        return [self.student, self.teacher] if run_teacher else [self.student]
+
     def run_teacher(self, batch: dict[str, Any]) -> ModelOutput:
         """The teacher's output on the batch's teacher input; no graph when frozen.
 
         With a teacher cache, outputs (and the teacher's hooked features) are read by
         sample index instead of running the teacher.
         """
-        if self.teacher_cache is not None and self.teacher_frozen:
+        if self.teacher_cached:
             out, tapped = self.teacher_cache.output(batch["index"], batch["y"].device)
             for taps in self._teacher_taps:
                 taps.outputs.update({p: tapped[p] for p in taps.paths})
