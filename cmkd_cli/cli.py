@@ -755,8 +755,9 @@ def doctor(
     """Load every native piece the project uses and print versions, device, CUDA/cuDNN.
 
     Runs torch, soundfile, torchaudio's Kaldi fbank, a torchvision op, PyAV encode + decode,
-    MTCNN's weights and the bundled MiniLM. Reads nothing else, writes nothing. Exits 1
-    naming each broken piece and its likely cause (e.g. a torchaudio built for another torch).
+    MTCNN's weights and the bundled MiniLM; names the reduced formats (train.amp) this CPU
+    computes natively. Reads nothing else, writes nothing. Exits 1 naming each broken piece
+    and its likely cause (e.g. a torchaudio built for another torch).
     """
     from cmkd_cli.stages import doctor as stage  # start-up: see the docstring
 
