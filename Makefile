@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 LOCK := requirements.lock
 UV_VERSION := 0.13.9
 
-.PHONY: venv venv-cpu quickstart test lint format bench lock doctor
+.PHONY: venv venv-cpu quickstart test lint format bench lock doctor docs
 
 venv: $(VENV)/.installed
 
@@ -39,12 +39,12 @@ format: venv
 bench: venv
 	$(BIN)/python benchmarks/methods.py
 
-# Re-resolve pyproject.toml's ranges (with the dev and export extras) for every platform
+# Re-resolve pyproject.toml's ranges (with the dev, export, docs and cluster extras) for every platform
 # (--universal) and write exact versions + hashes. uv itself runs from a throwaway venv.
 lock:
 	test -x .cache/lock-venv/bin/uv || { $(PYTHON) -m venv .cache/lock-venv && \
 	  .cache/lock-venv/bin/python -m pip install --quiet uv==$(UV_VERSION); }
-	.cache/lock-venv/bin/uv pip compile pyproject.toml --extra dev --extra export \
+	.cache/lock-venv/bin/uv pip compile pyproject.toml --extra dev --extra export --extra docs --extra cluster \
 	  --universal --python-version 3.11 --generate-hashes --quiet -o $(LOCK)
 
 # A CPU-only environment (about 1 GB instead of 4.7 GB of CUDA wheels): the CPU builds of the
@@ -60,3 +60,7 @@ venv-cpu:
 	$(BIN)/python -m pip install -c .cache/constraints-cpu.txt -e '.[dev,export]'
 	$(BIN)/cmkd doctor
 	touch $(VENV)/.installed
+
+# The manual: docs/ built by MkDocs (strict: a broken link or anchor fails) into site/.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
