@@ -10,6 +10,7 @@ Exit codes: 0 success, 1 the run failed, 2 bad usage or an invalid recipe.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import sys
 import traceback
@@ -18,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from cmkd_cli import __version__, console, interrupts
+from cmkd_cli import __version__, cligen, console, interrupts
 
 try:  # typer >= 0.20 vendors click
     from typer._click.exceptions import ClickException
@@ -28,6 +29,9 @@ from cmkd_cli.errors import CmkdError, RunError, UsageError
 from cmkd_cli.native import explain_load_error
 from cmkd_cli.stages import prepare
 
+#: the stages' commands, each generated from its options model when first used
+STAGES, RECIPES = cligen.LazyCommands(), cligen.LazyCommands()
+
 app = typer.Typer(
     name="cmkd",
     help="Cross-modal knowledge distillation: prepare data, train teachers, distill, evaluate.",
@@ -36,9 +40,38 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    cls=STAGES.group,
 )
-recipes_app = typer.Typer(help="List and show the bundled recipes.", no_args_is_help=True)
+recipes_app = typer.Typer(
+    help="List and show the bundled recipes.", no_args_is_help=True, cls=RECIPES.group
+)
 app.add_typer(recipes_app, name="recipes")
+
+
+def stage(
+    group: cligen.LazyCommands,
+    name: str,
+    model: str,
+    module: str,
+    *,
+    run: str = "run",
+    render: str = "render",
+    check: str | None = None,
+    hidden: bool = False,
+) -> None:
+    """`cmkd NAME`, generated from its options model (`cmkd_cli.options.MODEL`, "module:Class")
+    when first used: runs `cmkd_cli.stages.MODULE.run` (imported only then: see the module
+    docstring), prints the result, and exits 1 with the message `check(result)` gives."""
+
+    def action(options) -> None:
+        stage_module = importlib.import_module(f"cmkd_cli.stages.{module}")
+        result = getattr(stage_module, run)(options)
+        console.emit(result, getattr(stage_module, render)(result))
+        problem = check and getattr(stage_module, check)(result)
+        if problem:
+            raise RunError(problem)
+
+    group.add(name, f"cmkd_cli.options.{model}", action, hidden=hidden)
 
 
 prepare_app = prepare.lazy_app()  # `cmkd prepare NAME`, one sub-command per data_prep reader
@@ -181,22 +214,7 @@ def train_teacher(
     console.emit(result, stage.render(result))
 
 
-@app.command()
-def report(
-    run_dir: Annotated[Path, typer.Argument(help="a run or study directory")],
-    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="write PNG curves")] = True,
-) -> None:
-    """Print a run's epoch table, or a study's comparison table (at any time: over the
-    runs finished so far), and draw the training curves.
-
-    Reads RUN_DIR/metrics.jsonl and final.json of each run (and study.yaml for a study).
-    Writes RUN/plots/curves.png per run (titled with the run's name; x in epochs, the best
-    epoch dashed) and, for a study, RUN_DIR/plots/study.png; prints every path written.
-    """
-    from cmkd_cli.stages import report as stage  # start-up: see the docstring
-
-    result = stage.run(stage.ReportOptions(run_dir=run_dir, plots=plots))
-    console.emit(result, stage.render(result))
+stage(STAGES, "report", "runs:ReportOptions", "report")
 
 
 @app.command("extract-fbank")
@@ -746,69 +764,11 @@ def align_faces(
     console.emit(result, stage.render(result))
 
 
-@app.command()
-def doctor(
-    wav: Annotated[
-        Path | None, typer.Option("--wav", help="a real recording for the fbank check")
-    ] = None,
-) -> None:
-    """Load every native piece the project uses and print versions, device, CUDA/cuDNN.
-
-    Runs torch, soundfile, torchaudio's Kaldi fbank, a torchvision op, PyAV encode + decode,
-    MTCNN's weights and the bundled MiniLM; names the reduced formats (train.amp) this CPU
-    computes natively. Reads nothing else, writes nothing. Exits 1 naming each broken piece
-    and its likely cause (e.g. a torchaudio built for another torch).
-    """
-    from cmkd_cli.stages import doctor as stage  # start-up: see the docstring
-
-    result = stage.run(stage.DoctorOptions(wav=wav))
-    console.emit(result, stage.render(result))
-    problem = stage.failure(result)
-    if problem:
-        raise RunError(problem)
+stage(STAGES, "doctor", "tools:DoctorOptions", "doctor", check="failure")
 
 
-@recipes_app.command("list")
-def recipes_list(
-    word: Annotated[
-        str | None,
-        typer.Argument(help="only recipes with this word in their name, task or description"),
-    ] = None,
-    all_: Annotated[
-        bool, typer.Option("--all", help="also the bases other recipes extend (_name)")
-    ] = False,
-) -> None:
-    """List the recipes of recipes/ (and $CMKD_RECIPES) by task: speaker, classification,
-    segmentation, then zoo (one small recipe per method), one line each.
-
-    `cmkd recipes list c2kd` lists those that mention c2kd; `cmkd recipes show NAME` prints
-    one whole.
-    """
-    from cmkd_cli.stages import recipes as stage  # start-up: see the docstring
-
-    result = stage.list_all(stage.ListOptions(word=word, bases=all_))
-    console.emit(result, stage.render_list(result))
-
-
-@recipes_app.command("show")
-def recipes_show(
-    name: Annotated[str, typer.Argument(help="recipe name or path")],
-    set_: SetOpt = None,
-    var: VarOpt = None,
-) -> None:
-    """Print a recipe fully resolved (extends, --set and defaults applied) as YAML."""
-    from cmkd_cli.stages import recipes as stage  # start-up: see the docstring
-
-    options = stage.ShowOptions(recipe=name, sets=set_ or [], variables=parse_vars(var))
-    result = stage.show(options)
-    console.emit(result, result.yaml)
-
-
-def reflow(text: str) -> str:
-    """A docstring as help text: each paragraph (blank-line separated) on one line, so the
-    terminal wraps it evenly instead of at the docstring's own line ends."""
-    paragraphs = inspect.cleandoc(text).split("\n\n")
-    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
+stage(RECIPES, "list", "tools:ListOptions", "recipes", run="list_all", render="render_list")
+stage(RECIPES, "show", "tools:ShowOptions", "recipes", run="show", render="render_show")
 
 
 def _reflow_help(*apps: typer.Typer) -> None:
@@ -817,7 +777,7 @@ def _reflow_help(*apps: typer.Typer) -> None:
         for info in each.registered_commands:
             doc = info.help or inspect.getdoc(info.callback)
             if doc:
-                info.help = reflow(doc)
+                info.help = cligen.reflow(doc)
 
 
 _reflow_help(app, recipes_app)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from cmkd_cli.cli import app, reflow
+from cmkd_cli.cli import app
+from cmkd_cli.cligen import reflow
 
 WIDTH = 80
 

@@ -31,10 +31,10 @@ from cmkd_cli.data.speaker import load_face
 from cmkd_cli.engine.distributed import select_device
 from cmkd_cli.errors import UsageError
 from cmkd_cli.metrics.trials import utterance_vectors
+from cmkd_cli.options.common import EmbedOptions
 from cmkd_cli.progress import track
 from cmkd_cli.stages.evaluate import embed_utterances, utterance_fbanks
 from cmkd_cli.stages.experiment import method_from_checkpoint
-from cmkd_cli.stages.options import EmbedOptions
 from cmkd_cli.student.api import Student
 from cmkd_cli.student.package import read_student
 

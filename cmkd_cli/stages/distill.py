@@ -41,11 +41,11 @@ from cmkd_cli.interrupts import resumable_with
 from cmkd_cli.io import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from cmkd_cli.methods import METHODS
 from cmkd_cli.metrics.paired import CiMethod, interval, paired_delta, sample_std
+from cmkd_cli.options.common import RecipeOptions
 from cmkd_cli.runs import STUDY_FILE, run_root, study_run_dir
 from cmkd_cli.schema import Recipe, Variant
 from cmkd_cli.stages import train_teacher
 from cmkd_cli.stages.experiment import build_experiment, preflight
-from cmkd_cli.stages.options import RecipeOptions
 
 
 class DistillOptions(RecipeOptions):

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import platform
 import sys
-from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from rich.table import Table
 
 from cmkd_cli import __version__
 from cmkd_cli.errors import RunError
 from cmkd_cli.native import run_checks
-from cmkd_cli.schema import StrictModel
-
-
-class DoctorOptions(StrictModel):
-    wav: Path | None = Field(None, description="a real recording for the fbank check")
+from cmkd_cli.options.tools import DoctorOptions
 
 
 class CheckResult(BaseModel):

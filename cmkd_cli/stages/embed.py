@@ -31,8 +31,8 @@ from cmkd_cli.data.preprocess import FbankInput, ImageInput, SceneInput, TextInp
 from cmkd_cli.errors import DataError, UsageError
 from cmkd_cli.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from cmkd_cli.metrics.trials import utterance_vectors
+from cmkd_cli.options.common import EmbedOptions
 from cmkd_cli.progress import track
-from cmkd_cli.stages.options import EmbedOptions
 from cmkd_cli.student.api import Student, load
 
 EMBEDDINGS, CROPS, IDS, INFO, SKIPPED = (

@@ -36,8 +36,8 @@ from cmkd_cli.errors import CmkdError, DataError, UsageError
 from cmkd_cli.metrics.plots import plot_det
 from cmkd_cli.metrics.trials import Scoring, Trials, read_trials, score_trials, write_scores
 from cmkd_cli.metrics.verification import compute_eer, compute_min_dcf, det_curve
+from cmkd_cli.options.common import EmbedOptions
 from cmkd_cli.progress import track
-from cmkd_cli.stages.options import EmbedOptions
 from cmkd_cli.student.api import Student, load
 from cmkd_cli.tasks import build_task
 

@@ -9,16 +9,15 @@ imports no reader.
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
 import typer
 from pydantic import ValidationError
 from rich.table import Table
-from typer.core import TyperGroup
 
-from cmkd_cli import console
+from cmkd_cli import cligen, console
+from cmkd_cli.cligen import ReadableGroup
 from cmkd_cli.engine.lock import run_lock
 from cmkd_cli.errors import UsageError
 from cmkd_cli.io import remove_stale_temporaries
@@ -42,6 +41,12 @@ def run(name: str, **options: Any):
         err = exc.errors()[0]
         flag = "--" + "-".join(str(p) for p in err["loc"]).replace("_", "-")
         raise UsageError(f"prepare {name}: {flag}: {err['msg']}") from None
+    return run_reader(name, opts)
+
+
+def run_reader(name: str, opts: Any):
+    """Run reader `name` with its validated options `opts` -> PrepareResult."""
+    reader = readers().get(name, "prepare")
     with run_lock(Path(opts.out)):  # one writer per output folder
         remove_stale_temporaries(opts.out)
         result = reader.prepare(opts)
@@ -83,40 +88,24 @@ def render(result) -> Table:
     return console.table(f"prepare {result.dataset}", ["", "value"], rows)
 
 
-def _command(name: str, model: type) -> Any:
-    """A Typer command for reader `name` whose options mirror the fields of `model`."""
-    params = []
-    for field_name, field in model.model_fields.items():
-        flag = "--" + field_name.replace("_", "-")
-        default = ... if field.is_required() else field.get_default(call_default_factory=True)
-        option = typer.Option(default, flag, help=field.description or "")
-        params.append(
-            inspect.Parameter(
-                field_name,
-                inspect.Parameter.KEYWORD_ONLY,
-                default=option,
-                annotation=field.annotation,
-            )
-        )
-
-    def command(**kwargs: Any) -> None:
-        result = run(name, **kwargs)
+def _action(name: str):
+    def action(opts: Any) -> None:
+        result = run_reader(name, opts)
         console.emit(result, render(result))
 
-    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    command.__name__ = name.replace("-", "_")
-    return command
+    return action
 
 
 def build_app() -> typer.Typer:
-    """A Typer app with one sub-command per registered reader."""
-    app = typer.Typer(help=HELP, no_args_is_help=True)
+    """A Typer app with one sub-command per registered reader, generated from its options
+    model (`cmkd_cli.cligen`)."""
+    app = typer.Typer(help=HELP, no_args_is_help=True, cls=ReadableGroup)
     for name, reader in readers().items():
-        app.command(name, help=reader.summary)(_command(name, reader.options))
+        cligen.add(app, name, reader.options, _action(name), help=reader.summary)
     return app
 
 
-class ReaderGroup(TyperGroup):
+class ReaderGroup(ReadableGroup):
     """The `prepare` command group: its reader sub-commands are made on first access."""
 
     @property

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from cmkd_cli.config import dump_recipe, list_recipes, load_raw, load_recipe
-from cmkd_cli.schema import StrictModel
-from cmkd_cli.stages.options import RecipeOptions
+from cmkd_cli.options.tools import ListOptions, ShowOptions
 
 #: the order of the groups in `recipes list`; a task not named here comes after them
 GROUPS = ("speaker", "classification", "segmentation", "zoo")
-
-
-class ListOptions(StrictModel):
-    word: str | None = Field(None, description="only recipes with this word (name/task/text)")
-    bases: bool = Field(False, description="also the `_name` bases other recipes extend")
-
-
-class ShowOptions(RecipeOptions):
-    recipe: str
 
 
 class RecipeInfo(BaseModel):
@@ -112,3 +102,7 @@ def render_list(result: RecipeList) -> Group | Text:
 def show(options: ShowOptions) -> RecipeShow:
     r = load_recipe(options.recipe, options.sets, options.variables)
     return RecipeShow(name=r.name, yaml=dump_recipe(r), recipe=r.model_dump(mode="json"))
+
+
+def render_show(result: RecipeShow) -> str:
+    return result.yaml

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -24,13 +24,8 @@ from cmkd_cli.errors import UsageError
 from cmkd_cli.io import read_jsonl
 from cmkd_cli.metrics.curves import best_epoch, run_curves
 from cmkd_cli.metrics.plots import plot_run, plot_study
+from cmkd_cli.options.runs import ReportOptions
 from cmkd_cli.runs import METRICS_FILE, STUDY_FILE, run_dirs, study_run_dir
-from cmkd_cli.schema import StrictModel
-
-
-class ReportOptions(StrictModel):
-    run_dir: Path = Field(description="a run or study directory")
-    plots: bool = Field(True, description="write PNG curves")
 
 
 class RunReport(BaseModel):

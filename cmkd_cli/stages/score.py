@@ -25,10 +25,10 @@ from cmkd_cli.data.speaker import utterance_key
 from cmkd_cli.errors import DataError, UsageError
 from cmkd_cli.metrics.trials import Scoring, Trials, read_trial_pairs, score_trials, write_scores
 from cmkd_cli.metrics.verification import compute_eer, compute_min_dcf
+from cmkd_cli.options.common import EmbedOptions
 from cmkd_cli.progress import track
 from cmkd_cli.stages.embed import CROPS, EMBEDDINGS, IDS, INFO
 from cmkd_cli.stages.evaluate import check_store, embed_utterances, utterance_fbanks
-from cmkd_cli.stages.options import EmbedOptions
 from cmkd_cli.student.api import Student, load
 from cmkd_cli.tasks.speaker import scoring as speaker_scoring
 

@@ -29,10 +29,10 @@ from cmkd_cli.engine.loop import fit
 from cmkd_cli.errors import UsageError
 from cmkd_cli.interrupts import resumable_with
 from cmkd_cli.io import atomic_torch_save, atomic_write_text, remove_stale_temporaries
+from cmkd_cli.options.common import RecipeOptions
 from cmkd_cli.runs import run_root
 from cmkd_cli.schema import DataConfig, Recipe, TeacherPretrain
 from cmkd_cli.stages.experiment import build_experiment
-from cmkd_cli.stages.options import RecipeOptions
 
 TEACHER_FILE = "teacher.pt"
 KEY_FILE = "teacher-key.txt"  # written when training starts: the folder's identity
