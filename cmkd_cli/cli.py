@@ -26,6 +26,7 @@ try:  # typer >= 0.20 vendors click
 except ImportError:  # pragma: no cover - older typer
     from click import ClickException
 from cmkd_cli.errors import CmkdError, RunError, UsageError
+from cmkd_cli.io import disk_full, no_space
 from cmkd_cli.native import explain_load_error
 from cmkd_cli.stages import prepare
 
@@ -831,7 +832,8 @@ def main(argv: list[str] | None = None) -> None:
         console.stderr.print("interrupted")
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - last resort: one line unless --debug
-        native = explain_load_error(exc)
+        full = disk_full(exc)  # a write no `writing()` guarded: the OSError's file, if any
+        native = str(no_space(full.filename, full)) if full else explain_load_error(exc)
         if console.settings().debug:
             traceback.print_exc()
         if native:

@@ -1,10 +1,17 @@
-"""Atomic file writes: a killed write never leaves a half-written file under the final name."""
+"""Atomic file writes: a killed write never leaves a half-written file under the final name.
+
+A full disk (ENOSPC), a full quota (EDQUOT) or the process's file-size limit (EFBIG,
+`ulimit -f`) is one line naming the file, `no space left on device writing FILE`, however
+deep a library buried the OSError (torch's zip writer raises a RuntimeError whose context it
+is): `writing(path)` translates it around any write, `atomic_path` around every atomic one.
+"""
 
 from __future__ import annotations
 
 import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -21,6 +28,51 @@ def current_umask() -> int:
     return mask
 
 
+#: what each errno of a write that found no room is called in the message
+DISK_FULL = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large (over the file-size limit, `ulimit -f`)",
+}
+
+
+#: numpy's `tofile` (np.save to a file) reports a short write without an errno; on a
+#: regular file the kernel writes short only when the disk, quota or size limit is reached
+_SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")
+
+
+def disk_full(exc: BaseException | None) -> OSError | None:
+    """The OSError of a full disk (`DISK_FULL`, or numpy's short write, as ENOSPC) that `exc`
+    is or was raised from (its `__cause__`/`__context__` chain), else None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            return exc
+        if isinstance(exc, OSError) and exc.errno is None and _SHORT_WRITE.match(str(exc)):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def no_space(path: str | os.PathLike[str] | None, err: OSError) -> RunError:
+    """The one-line error of a write to `path` that found no room."""
+    return RunError(DISK_FULL[err.errno] + (f" writing {path}" if path else ""))
+
+
+@contextmanager
+def writing(path: str | os.PathLike[str]) -> Iterator[None]:
+    """A full disk (or quota, or file-size limit) inside the block is `no space left on
+    device writing PATH` (exit 1); anything else passes unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        err = disk_full(exc)
+        if err is None:
+            raise
+        raise no_space(path, err) from None
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]):
     """Yield a temporary path beside `path`; on success it is renamed onto `path`.
@@ -29,18 +81,15 @@ def atomic_path(path: str | os.PathLike[str]):
     mkstemp's private 0600, so teammates on a shared cluster can read what a run wrote.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise RunError(f"no space left on device writing {path}") from None
-        raise
+        with writing(path):
+            yield Path(tmp)
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -76,11 +125,36 @@ def default_cache_dir() -> Path:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """`torch.save` atomically, through a Python file object so that a full disk is an
-    OSError (ENOSPC) naming the file, not torch's `[enforce fail at inline_container.cc]`."""
+    """`torch.save` atomically; a full disk names the file (`atomic_path`), not torch's
+    `[enforce fail at inline_container.cc] unexpected pos`, which hides the OSError."""
     import torch  # lazy: io is used by torch-free stages (prepare, report, recipes)
 
     atomic_write(path, lambda fh: torch.save(obj, fh), mode="wb")
+
+
+def allocated_memmap(path: str | os.PathLike[str], dtype: Any, shape: tuple[int, ...]) -> Any:
+    """A new `.npy` memory map (`np.lib.format.open_memmap`, mode w+) whose blocks are
+    allocated up front: a full disk is `no space left on device writing PATH` here (and the
+    file removed), not a SIGBUS that kills the process when a page of a sparse file is first
+    written. Filesystems without `fallocate` get the sparse file, as before."""
+    import numpy as np  # lazy: io is used by stages that never map an array
+
+    path = Path(path)
+    try:
+        with writing(path):
+            array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+            fd = os.open(path, os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+            except OSError as exc:
+                if exc.errno in DISK_FULL:
+                    raise
+            finally:
+                os.close(fd)
+    except RunError:
+        path.unlink(missing_ok=True)
+        raise
+    return array
 
 
 def read_jsonl(path: str | os.PathLike[str], growing: bool = False) -> list[dict[str, Any]]:

@@ -42,7 +42,7 @@ from cmkd_cli.data.manifest import SKIPPED, Record, Skipped, write_manifest
 from cmkd_cli.data.video import save_frames
 from cmkd_cli.errors import DataError, UsageError
 from cmkd_cli.interrupts import ignore_in_worker
-from cmkd_cli.io import atomic_write_jsonl
+from cmkd_cli.io import atomic_write_jsonl, writing
 from cmkd_cli.progress import track
 from cmkd_cli.registry import Registry
 from cmkd_cli.schema import StrictModel
@@ -542,8 +542,9 @@ def run_tasks(
         for outcome in parallel_map(partial(_guarded, worker), todo, workers, f"{dataset}"):
             done[outcome.key] = outcome
             row = {"key": outcome.key, "fingerprint": prints[outcome.key]}
-            journal.write(json.dumps({**row, "outcome": outcome.model_dump()}) + "\n")
-            journal.flush()
+            with writing(state_path):
+                journal.write(json.dumps({**row, "outcome": outcome.model_dump()}) + "\n")
+                journal.flush()
     atomic_write_jsonl(
         state_path,
         ({"key": k, "fingerprint": prints[k], "outcome": done[k].model_dump()} for k in keys),

@@ -38,7 +38,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from cmkd_cli import console
-from cmkd_cli.io import atomic_write_json
+from cmkd_cli.io import atomic_write_json, writing
 from cmkd_cli.progress import track
 
 FORMAT = 1
@@ -112,19 +112,22 @@ class _Writer:
             self.dtype = value.dtype
         elif value.dtype != self.dtype:  # a programming error in a dataset's cache rows
             raise ValueError(f"{self.kind} row {index}: {value.dtype}, expected {self.dtype}")
-        self.fh.write(value.tobytes())
+        with writing(self.fh.name):
+            self.fh.write(value.tobytes())
         self.shapes[index] = (self.offset, value.shape)
         self.offset += value.size
 
     def close(self) -> str:
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-        self.fh.close()
+        with writing(self.fh.name):
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+            self.fh.close()
         ndim = max((len(s) for _, s in self.shapes.values()), default=0)
         rows = np.full((self.n, 1 + ndim), -1, dtype=np.int64)
         for index, (offset, shape) in self.shapes.items():
             rows[index] = [offset, *shape]
-        np.save(self.folder / f"{self.kind}.rows.npy", rows)
+        with writing(self.folder / f"{self.kind}.rows.npy"):
+            np.save(self.folder / f"{self.kind}.rows.npy", rows)
         return str(self.dtype or np.dtype("float32"))
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cmkd_cli import console
 from cmkd_cli.errors import RunError
+from cmkd_cli.io import writing
 
 LOCK_FILE = ".lock"
 _held: dict[str, tuple[int, int]] = {}  # resolved dir -> (fd, depth)
@@ -64,7 +65,8 @@ def run_lock(run_dir: Path, enabled: bool = True) -> Iterator[None]:
             _held[key] = (fd, depth - 1)
         return
     path = run_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    with writing(path):  # a full disk (no inode left) names the lock file
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -83,8 +85,13 @@ def run_lock(run_dir: Path, enabled: bool = True) -> Iterator[None]:
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": " ".join(["cmkd", *sys.argv[1:]]),
     }
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+    try:
+        with writing(path):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
     _held[key] = (fd, 1)
     try:
         yield

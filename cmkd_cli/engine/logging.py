@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cmkd_cli.io import atomic_write_jsonl, read_jsonl
+from cmkd_cli.io import atomic_write_jsonl, read_jsonl, writing
 
 
 class MetricsLogger:
@@ -46,7 +46,7 @@ class MetricsLogger:
             k: (None if isinstance(v, float) and not math.isfinite(v) else v)
             for k, v in row.items()
         }
-        with open(self.path, "a") as fh:
+        with writing(self.path), open(self.path, "a") as fh:
             fh.write(json.dumps(clean) + "\n")
         if self._tb is not None:
             step = int(row.get("step", 0))
@@ -57,4 +57,5 @@ class MetricsLogger:
 
     def close(self) -> None:
         if self._tb is not None:
-            self._tb.close()
+            with writing(self._tb.log_dir):  # its event file, flushed here
+                self._tb.close()

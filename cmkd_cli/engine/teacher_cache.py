@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cmkd_cli.engine.distributed import DistInfo, barrier, to_device
-from cmkd_cli.io import atomic_write_json
+from cmkd_cli.io import allocated_memmap, atomic_write_json
 from cmkd_cli.models.base import ModelOutput
 from cmkd_cli.progress import track
 
@@ -111,9 +111,7 @@ def build_cache(
             for name, v in values.items():
                 shape = (n, *v.shape[1:])
                 path = folder / f"{_file(name)}.r{dist.rank}.npy"
-                arrays[name] = np.lib.format.open_memmap(
-                    path, mode="w+", dtype=np.float32, shape=shape
-                )
+                arrays[name] = allocated_memmap(path, np.float32, shape)
         rows = np.asarray(batch["index"])  # items carry their index in the full split
         for name, v in values.items():
             arrays[name][rows] = v.float().cpu().numpy()
@@ -139,9 +137,7 @@ def _merge(folder: Path, names: list[str], world: int, n: int, shards: list[list
         if world == 1:
             (folder / f"{_file(name)}.r0.npy").replace(folder / f"{_file(name)}.npy")
             continue
-        merged = np.lib.format.open_memmap(
-            folder / f"{_file(name)}.npy", mode="w+", dtype=np.float32, shape=parts[0].shape
-        )
+        merged = allocated_memmap(folder / f"{_file(name)}.npy", np.float32, parts[0].shape)
         for r, rows in enumerate(shards):
             merged[rows] = parts[r][rows]
         merged.flush()

@@ -29,7 +29,13 @@ from cmkd_cli import console
 from cmkd_cli.data.manifest import Record, read_manifest, resolve
 from cmkd_cli.data.preprocess import FbankInput, ImageInput, SceneInput, TextInput
 from cmkd_cli.errors import DataError, UsageError
-from cmkd_cli.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from cmkd_cli.io import (
+    allocated_memmap,
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+    writing,
+)
 from cmkd_cli.metrics.trials import utterance_vectors
 from cmkd_cli.options.common import EmbedOptions
 from cmkd_cli.progress import track
@@ -190,9 +196,7 @@ class _Writer:
     def _map(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         if name not in self.maps:
             path = self.out / f"{name}.partial"
-            self.maps[name] = np.lib.format.open_memmap(
-                path, mode="w+", dtype=np.float32, shape=(self.n, *shape)
-            )
+            self.maps[name] = allocated_memmap(path, np.float32, (self.n, *shape))
         return self.maps[name]
 
     def write(self, ids: list[str], emb: np.ndarray, speaker: bool) -> None:
@@ -226,7 +230,8 @@ class _Writer:
             if len(self.ids) == self.n:
                 os.replace(partial, self.out / name)
             else:  # skipped inputs: keep the rows written
-                np.save(self.out / f".{name}.tmp.npy", np.asarray(m[: len(self.ids)]))
+                with writing(self.out / name):
+                    np.save(self.out / f".{name}.tmp.npy", np.asarray(m[: len(self.ids)]))
                 os.replace(self.out / f".{name}.tmp.npy", self.out / name)
                 partial.unlink()
         self.maps.clear()
